@@ -1,0 +1,65 @@
+"""Generation with an IRM: KV cache, left padding, chat template."""
+
+import pytest
+import torch
+from conftest import nontrivial_irm
+
+import irm
+from irm.generation import encode_prompts, format_prompt
+
+PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]
+
+
+def _greedy(host, prompts, use_cache, n=12):
+    return [g.token_ids for g in irm.generate(host, prompts, max_new_tokens=n, use_cache=use_cache)]
+
+
+def _check_cache_and_padding(host, net, n=12):
+    bare = _greedy(host, PROMPTS, True, n)
+    with irm.attach(host, net):
+        cached = _greedy(host, PROMPTS, True, n)
+        uncached = _greedy(host, PROMPTS, False, n)
+        single = [_greedy(host, [p], True, n)[0] for p in PROMPTS]
+    assert cached != bare, "the IRM must change the greedy tokens for this test to mean anything"
+    assert cached == uncached
+    if single != cached:
+        # A flipped near-tie from different padding: the logits must still agree closely.
+        for prompt in PROMPTS:
+            enc_one = encode_prompts(host, [prompt])
+            enc_all = encode_prompts(host, PROMPTS)
+            row = PROMPTS.index(prompt)
+            with irm.attach(host, net), torch.no_grad():
+                one = host.model(**enc_one).logits[0, -1]
+                batch = host.model(**enc_all).logits[row, -1]
+            assert (one - batch).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-gemma3", "tiny-random-gpt-neox"])
+def test_tiny_cache_and_left_padding(name):
+    host = irm.load_host(name, device="cpu")
+    _check_cache_and_padding(host, nontrivial_irm(host, scale=4.0), n=10)
+
+
+@pytest.mark.slow
+def test_smollm2_cache_and_left_padding(smollm2):
+    _check_cache_and_padding(smollm2, nontrivial_irm(smollm2, "2,3", scale=8.0), n=16)
+
+
+@pytest.mark.slow
+def test_smollm2_chat_template_and_answer(smollm2):
+    text = format_prompt(smollm2, "What is the capital of France?")
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    plain = format_prompt(smollm2, "Hi", chat=False)
+    assert plain == "Question: Hi\nAnswer:"
+    out = irm.generate(smollm2, ["What is the capital of France?"], max_new_tokens=12)
+    assert "Paris" in out[0].text
+
+
+def test_tiny_host_has_no_chat_template(tiny_llama):
+    assert format_prompt(tiny_llama, "Hi") == "Question: Hi\nAnswer:"
+
+
+def test_sampling_is_seeded(tiny_llama):
+    a = irm.generate(tiny_llama, PROMPTS, greedy=False, seed=3, max_new_tokens=8)
+    b = irm.generate(tiny_llama, PROMPTS, greedy=False, seed=3, max_new_tokens=8)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
