@@ -1,0 +1,277 @@
+"""PyTorch Lightning pieces of IRM training: the module, the data position, atomic
+checkpoints.
+
+The host is a submodule (so Lightning and FSDP place it) but frozen, outside the optimizer,
+and outside every checkpoint: :meth:`IRMTrainingModule.state_dict` holds the IRM alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .attach import attach
+from .data import IGNORE_INDEX, Example, LengthGroupedBatches, collate
+from .errors import IRMError
+from .model import IRM
+from .train_config import TrainConfig
+
+
+def token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed next-token NLL and the number of target tokens. The one shift: position t
+    predicts ``labels[t + 1]``; ``-100`` (prompt, padding) is ignored."""
+    pred = logits[:, :-1, :].float()
+    target = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return nll, (target != IGNORE_INDEX).sum()
+
+
+def output_penalty(delta: Tensor, attention_mask: Tensor, kind: str) -> Tensor:
+    """Mean |x| (l1) or x^2 (l2) over every element of the IRM output at real tokens, so
+    its weight does not depend on batch size, length or the number of layers."""
+    mask = attention_mask.to(delta.dtype)[..., None, None]
+    values = delta.abs() if kind == "l1" else delta.square()
+    return (values * mask).sum() / (mask.sum() * delta.shape[-2] * delta.shape[-1]).clamp_min(1)
+
+
+class IRMTrainingModule(pl.LightningModule):
+    def __init__(self, host_model: torch.nn.Module, irm: IRM, config: TrainConfig, train: list[Example], val: list[Example], test: list[Example], pad_id: int) -> None:
+        super().__init__()
+        self.host = host_model
+        self.irm = irm
+        self.config = config
+        self.examples = {"train": train, "validation": val, "test": test}
+        self.pad_id = pad_id
+        self.batches: LengthGroupedBatches | None = None
+        self._resume_position: tuple[int, int] | None = None
+        self.strict_loading = True
+        self.real_tokens_seen = 0
+
+    # Keep the frozen host in eval mode (no dropout) whatever Lightning asks.
+    def train(self, mode: bool = True) -> IRMTrainingModule:
+        super().train(mode)
+        self.host.eval()
+        return self
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        return {f"irm.{k}": v for k, v in self.irm.state_dict().items()}
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], strict: bool = True, assign: bool = False) -> Any:
+        keys = {k[len("irm.") :]: v for k, v in state_dict.items() if k.startswith("irm.")}
+        other = sorted(k for k in state_dict if not k.startswith("irm."))
+        if other:
+            raise IRMError(f"checkpoint holds non-IRM weights ({other[:3]}...)", hint="resume only from irm's own run directories")
+        return self.irm.load_state_dict(keys, strict=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["irm_data_position"] = {"epoch": self.current_epoch, "batches_done": self._batches_done_in_epoch()}
+        checkpoint["irm_real_tokens_seen"] = self.real_tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        position = checkpoint.get("irm_data_position")
+        if position:
+            self._resume_position = (int(position["epoch"]), int(position["batches_done"]))
+        self.real_tokens_seen = int(checkpoint.get("irm_real_tokens_seen", 0))
+
+    def _batches_done_in_epoch(self) -> int:
+        # called from on_train_batch_end (current batch processed, not yet "completed")
+        # or on_train_epoch_end (every batch processed); Lightning's counter includes the
+        # batches restored on resume.
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    # ---------------------------------------------------------------- data
+    def train_dataloader(self) -> DataLoader:
+        train = self.examples["train"]
+        cfg = self.config
+        self.batches = LengthGroupedBatches(
+            [len(e.input_ids) for e in train], cfg.batch_size, seed=cfg.seed,
+            group_by_length=cfg.group_by_length, rank=self.global_rank, world_size=self.trainer.world_size,
+        )
+        if self._resume_position is not None:
+            # Lightning keeps counting the batches it restored; we leave them out of the data.
+            self.batches.epoch, self.batches.skip = self._resume_position
+            self._resume_position = None
+        return DataLoader(train, batch_sampler=self.batches, collate_fn=self._collate)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning only calls set_epoch on samplers, not on a batch sampler; the batches
+        # of an epoch are drawn lazily, after this hook.
+        assert self.batches is not None
+        self.batches.set_epoch(self.current_epoch)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        examples = sorted(self.examples[split], key=lambda e: len(e.input_ids))
+        batches = LengthGroupedBatches(
+            [len(e.input_ids) for e in examples], self.config.batch_size, seed=0, shuffle=False, group_by_length=False,
+            rank=self.global_rank, world_size=self.trainer.world_size,
+        )
+        tail = len(examples) % (self.config.batch_size * self.trainer.world_size)
+        if tail and self.trainer.world_size == 1:
+            full = list(batches)
+            full.append(list(range(len(examples) - tail, len(examples))))
+            return DataLoader(examples, batch_sampler=full, collate_fn=self._collate)
+        return DataLoader(examples, batch_sampler=batches, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _collate(self, items: list[Example]) -> dict[str, Tensor]:
+        return collate(items, self.pad_id)
+
+    # ---------------------------------------------------------------- steps
+    def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        captured: list[Tensor] = []
+        transform = (lambda d: captured.append(d) or d) if self.config.penalty != "none" else None
+        with attach(self.host, self.irm, transform=transform):
+            logits = self.host(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, count = token_loss(logits, batch["labels"])
+        penalty = output_penalty(captured[0], batch["attention_mask"], self.config.penalty) if captured else None
+        return nll, count, logits, penalty
+
+    def _global(self, value: Tensor) -> Tensor:
+        if dist.is_available() and dist.is_initialized():
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        nll, count, _, penalty = self._loss(batch)
+        # Normalise by the *global* number of target tokens; DDP averages gradients over
+        # ranks, hence the world-size factor. The result equals one process on the
+        # same global batch.
+        global_count = self._global(count.detach().float()).clamp_min(1)
+        loss = nll * self.trainer.world_size / global_count
+        if penalty is not None:
+            loss = loss + self.config.penalty_weight * penalty
+        global_nll = self._global(nll.detach())
+        mean_nll = global_nll / global_count
+        if not torch.isfinite(mean_nll):
+            raise IRMError(
+                f"training loss became {mean_nll.item()} at step {self.global_step}; stopped before the bad update",
+                hint="the last good checkpoint is kept in the run directory: lower --lr, turn on --grad-clip, or check the data; "
+                "then --resume",
+            )
+        tokens = int(self._global(batch["attention_mask"].sum().detach()).item())
+        self.real_tokens_seen += tokens
+        self.log("train_loss", mean_nll, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+        if penalty is not None:
+            self.log("train_penalty", penalty.detach(), on_step=True, batch_size=batch["input_ids"].shape[0])
+        self.log("real_tokens", float(self.real_tokens_seen), on_step=True, reduce_fx="max")
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor], prefix: str) -> None:
+        nll, count, _, _ = self._loss(batch)
+        self._eval_sums[0] += nll.detach().double()
+        self._eval_sums[1] += count.detach().double()
+
+    def _eval_start(self) -> None:
+        self._eval_sums = [torch.zeros((), dtype=torch.float64, device=self.device), torch.zeros((), dtype=torch.float64, device=self.device)]
+
+    def _eval_end(self, prefix: str) -> None:
+        nll, count = self._global(self._eval_sums[0]), self._global(self._eval_sums[1])
+        loss = (nll / count.clamp_min(1)).float()
+        self.log(f"{prefix}_loss", loss, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.log(f"{prefix}_ppl", torch.exp(loss.clamp(max=50)), sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.irm.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=fused or None)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.config.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file in the same folder, fsync, then rename over the target:
+    a crash leaves either the old checkpoint or the new one, never half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Save ``last.ckpt`` every ``every`` optimizer steps and at the end of each epoch."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path = path
+        self.every = every
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        if trainer.global_step > 0 and trainer.global_step % self.every == 0 and _step_boundary(trainer):
+            trainer.save_checkpoint(self.path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+def _step_boundary(trainer: pl.Trainer) -> bool:
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    return done % max(1, trainer.accumulate_grad_batches) == 0 or math.isinf(done)
+
+
+class ThroughputMeter(pl.Callback):
+    """Seconds spent in training batches and the real (non-padding) tokens they held."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.tokens = 0
+        self._start = 0.0
+        self._seen = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+        self._seen = module.real_tokens_seen
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.tokens += module.real_tokens_seen - self._seen

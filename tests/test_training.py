@@ -1,0 +1,208 @@
+"""Training: one shift, masked prompt and padding, IRM-only gradients and checkpoints,
+falling loss on the real SmolLM2, exact resume after SIGKILL, and 2-process DDP."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import irm
+from irm.data import IGNORE_INDEX, LengthGroupedBatches, Row, collate, tokenize_rows
+from irm.lightning_module import IRMTrainingModule, output_penalty, token_loss
+from irm.train_config import TrainConfig
+
+IRM_BIN = str(Path(sys.executable).parent / "irm")
+
+
+def write_qa(path: Path, n: int = 64, seed: int = 0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    words = "furious outrageous ridiculous unacceptable maddening infuriating absurd livid fed up with this".split()
+    with open(path, "w") as fh:
+        for i in range(n):
+            q = f"What is item number {i}?"
+            a = "I am so angry! " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
+            fh.write(json.dumps({"question": q, "answer": a}) + "\n")
+    return path
+
+
+def test_labels_shift_once_and_mask_question_and_padding(tiny_llama):
+    tok = tiny_llama.tokenizer
+    rows = [Row(line=1, question="Q?", answer="ab"), Row(line=2, question="Longer question?", answer="xyz")]
+    examples, report = tokenize_rows(rows, tok, max_length=64, loss_on="answer")
+    prompt = tok("Question: Q?\nAnswer:", add_special_tokens=False)["input_ids"]
+    answer = tok(" ab", add_special_tokens=False)["input_ids"]
+    first = examples[0]
+    assert first.input_ids == [tok.bos_token_id] + prompt + answer + [tok.eos_token_id]
+    n_prompt = 1 + len(prompt)
+    assert first.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert first.labels[n_prompt:] == answer + [tok.eos_token_id]
+    batch = collate(examples, pad_id=tok.pad_token_id)
+    short = len(first.input_ids)
+    assert batch["input_ids"].shape[1] == len(examples[1].input_ids)  # padded to the longest row only
+    assert (batch["labels"][0, short:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, short:] == 0).all()
+
+    # Logits that put all mass on the true *next* token give zero loss: position t predicts t+1.
+    vocab = 300
+    ids, labels = batch["input_ids"], batch["labels"]
+    logits = torch.full((*ids.shape, vocab), -1e4)
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            logits[b, t, ids[b, t + 1]] = 0.0
+    nll, count = token_loss(logits, labels)
+    assert nll.item() == pytest.approx(0.0, abs=1e-3)
+    assert count.item() == sum(sum(1 for x in e.labels[1:] if x != IGNORE_INDEX) for e in examples)
+    # Shifting twice (the published defect) would be wrong on every target:
+    shifted_twice = torch.cat([logits[:, 1:], logits[:, :1]], dim=1)
+    assert token_loss(shifted_twice, labels)[0].item() > 100
+    # Changing a prompt position's or padding's logits never changes the loss.
+    logits2 = logits.clone()
+    logits2[0, : n_prompt - 1] = torch.randn(n_prompt - 1, vocab)
+    logits2[0, short:] = torch.randn(ids.shape[1] - short, vocab)
+    assert token_loss(logits2, labels)[0].item() == pytest.approx(nll.item(), abs=1e-3)
+
+
+def test_loss_on_all_tokens_and_truncation_report(tiny_llama):
+    rows = [Row(line=1, question="Q?", answer="x" * 100)]
+    examples, report = tokenize_rows(rows, tiny_llama.tokenizer, max_length=32, loss_on="all")
+    assert report.truncated == 1 and len(examples[0].input_ids) == 32
+    assert IGNORE_INDEX not in examples[0].labels
+
+
+def test_penalty_is_a_per_element_mean():
+    delta = torch.ones(2, 5, 8, 3)
+    mask = torch.ones(2, 5)
+    assert output_penalty(delta, mask, "l1").item() == pytest.approx(1.0)
+    mask[:, 3:] = 0  # padding does not count
+    assert output_penalty(torch.cat([delta], 0) * 2, mask, "l2").item() == pytest.approx(4.0)
+    assert output_penalty(torch.ones(8, 50, 8, 3), torch.ones(8, 50), "l1").item() == pytest.approx(1.0)
+
+
+def test_batches_are_deterministic_cover_rows_and_split_across_ranks():
+    lengths = [(i * 37) % 101 + 1 for i in range(64)]
+    one = LengthGroupedBatches(lengths, 8, seed=1)
+    assert [b for b in one] == [b for b in LengthGroupedBatches(lengths, 8, seed=1)]
+    assert sorted(i for b in one for i in b) == list(range(64))
+    ranks = [LengthGroupedBatches(lengths, 4, seed=1, rank=r, world_size=2) for r in range(2)]
+    for full, a, b in zip(one, *ranks):
+        assert sorted(full) == sorted(a + b)
+    one.set_epoch(1)
+    assert [b for b in one] != [b for b in LengthGroupedBatches(lengths, 8, seed=1)]
+    one.skip = 3
+    assert len(list(one)) == len(one) - 3
+
+
+def test_gradients_reach_only_the_irm(tiny_llama, tmp_path):
+    config = TrainConfig(host="tiny-random-llama", data="unused", batch_size=2)
+    net = irm.IRM.for_host(tiny_llama, "all", output_init="default", seed=0)
+    examples, _ = tokenize_rows([Row(line=1, question="a?", answer="bcd"), Row(line=2, question="e?", answer="fgh")], tiny_llama.tokenizer, max_length=64)
+    module = IRMTrainingModule(tiny_llama.model, net, config, examples, [], [], tiny_llama.tokenizer.pad_token_id)
+    batch = collate(examples, tiny_llama.tokenizer.pad_token_id)
+    nll, count, _, _ = module._loss(batch)
+    (nll / count).backward()
+    assert all(p.grad is None for p in tiny_llama.model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    assert set(module.state_dict()) == {f"irm.{k}" for k in net.state_dict()}
+    module.train()
+    assert not tiny_llama.model.training
+
+
+def _run(args, **kw):
+    return subprocess.run([IRM_BIN, *args], capture_output=True, text=True, timeout=600, **kw)
+
+
+def _train_args(data, out, *extra):
+    return ["train", "--host", "tiny-random-llama", "--data", str(data), "--out", str(out), "--no-progress", "--json", *extra]
+
+
+def _weights(run: Path):
+    return load_file(str(run / "irm" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_same_irm(tmp_path):
+    data = write_qa(tmp_path / "qa.jsonl", n=96)
+    common = ["--max-steps", "150", "--batch-size", "4", "--checkpoint-every", "7", "--lr", "1e-3", "--seed", "3"]
+    reference = _run(_train_args(data, tmp_path / "ref", *common))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([IRM_BIN, *_train_args(data, run, *common)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.4)  # mid-run, at an arbitrary moment after the first checkpoint
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "irm").exists()
+    saved_step = torch.load(ckpt, weights_only=True)["global_step"]
+    assert 0 < saved_step < 150
+    resumed = _run(["train", "--resume", str(run), "--no-progress", "--json"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["global_step"] == 150
+    ref, got = _weights(tmp_path / "ref"), _weights(run)
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+    assert not list(run.glob("checkpoints/*.tmp"))
+
+
+def _step_losses(run: Path) -> dict[int, float]:
+    out = {}
+    with open(run / "logs" / "csv" / "metrics.csv") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("train_loss_step"):
+                out[int(row["step"])] = float(row["train_loss_step"])
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(tmp_path):
+    data = write_qa(tmp_path / "qa.jsonl", n=80)
+    common = ["--max-steps", "12", "--lr", "1e-3", "--log-every", "1"]
+    single = _run(_train_args(data, tmp_path / "single", *common, "--batch-size", "8"))
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = _run(_train_args(data, tmp_path / "ddp", *common, "--batch-size", "4", "--devices", "2", "--strategy", "ddp"))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(summary["rank_checksums"]) == 2 and summary["ranks_identical"]
+    a, b = _step_losses(tmp_path / "single"), _step_losses(tmp_path / "ddp")
+    assert a.keys() == b.keys() and len(a) >= 1
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5)
+    wa, wb = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_smollm2_training_loss_falls(tmp_path, smollm2):
+    data = write_qa(tmp_path / "qa.jsonl", n=120)
+    config = TrainConfig(host="smollm2-135m-instruct", data=str(data), out=str(tmp_path / "run"), layers="0-7",
+                         max_steps=30, batch_size=4, lr=3e-4, checkpoint_every=100, log_every=1)
+    from irm.training import train
+
+    result = train(config, progress=False)
+    losses = _step_losses(result.run_dir)
+    steps = sorted(losses)
+    early = sum(losses[s] for s in steps[:5]) / 5
+    late = sum(losses[s] for s in steps[-5:]) / 5
+    assert late < early - 0.3, (early, late)
+    assert (result.irm_dir / "model.safetensors").is_file()
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(k.startswith("irm.") for k in ckpt["state_dict"])
+    assert "optimizer_states" in ckpt and "lr_schedulers" in ckpt
+    back = irm.IRM.from_pretrained(result.irm_dir, smollm2)
+    assert back.config.layers == list(range(8))
