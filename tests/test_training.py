@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import irm
 from irm.data import IGNORE_INDEX, LengthGroupedBatches, Row, collate, tokenize_rows
-from irm.lightning_module import IRMTrainingModule, output_penalty, token_loss
+from irm.lightning_module import IRMTrainingModule, output_penalty, target_loss, token_loss
 from irm.train_config import TrainConfig
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
@@ -71,6 +71,18 @@ def test_labels_shift_once_and_mask_question_and_padding(tiny_llama):
     assert token_loss(logits2, labels)[0].item() == pytest.approx(nll.item(), abs=1e-3)
 
 
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-gemma3", "tiny-random-gpt-neox"])
+def test_target_loss_equals_loss_on_full_logits(name):
+    host = irm.load_host(name, device="cpu")
+    rows = [Row(line=1, question="Q?", answer="a longer answer"), Row(line=2, question="Another question?", answer="b")]
+    batch = collate(tokenize_rows(rows, host.tokenizer, max_length=64)[0], host.tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = token_loss(host.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        part = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert part[1] == full[1]
+    assert part[0].item() == pytest.approx(full[0].item(), rel=1e-5)
+
+
 def test_loss_on_all_tokens_and_truncation_report(tiny_llama):
     rows = [Row(line=1, question="Q?", answer="x" * 100)]
     examples, report = tokenize_rows(rows, tiny_llama.tokenizer, max_length=32, loss_on="all")
@@ -107,7 +119,7 @@ def test_gradients_reach_only_the_irm(tiny_llama, tmp_path):
     examples, _ = tokenize_rows([Row(line=1, question="a?", answer="bcd"), Row(line=2, question="e?", answer="fgh")], tiny_llama.tokenizer, max_length=64)
     module = IRMTrainingModule(tiny_llama.model, net, config, examples, [], [], tiny_llama.tokenizer.pad_token_id)
     batch = collate(examples, tiny_llama.tokenizer.pad_token_id)
-    nll, count, _, _ = module._loss(batch)
+    nll, count, _ = module._loss(batch)
     (nll / count).backward()
     assert all(p.grad is None for p in tiny_llama.model.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())

