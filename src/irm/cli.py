@@ -105,7 +105,8 @@ def generate(
 
 
 def _register_subcommands() -> None:
-    from . import cli_train  # noqa: F401  (registers `irm train`)
+    from . import cli_data, cli_train  # noqa: F401  (register their commands)
+    from . import cli_reference  # noqa: F401
 
 
 def main() -> None:

@@ -343,3 +343,67 @@ class LengthGroupedBatches:
     def __len__(self) -> int:
         # The whole epoch, skipped batches included: Lightning counts restored batches.
         return len(self.global_batches())
+
+
+@dataclass
+class CheckReport:
+    path: str
+    rows: int
+    columns: list[str]
+    kind: str
+    errors: list[str]
+    warnings: list[str]
+    token_lengths: dict[str, float] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "ok": self.ok}
+
+
+def _lines(numbers: Sequence[int]) -> str:
+    return ", ".join(map(str, numbers[:10])) + (f" ... ({len(numbers)} in all)" if len(numbers) > 10 else "")
+
+
+def check_data(source: str | Path, tokenizer: Any | None = None, *, max_length: int = 128, chat: bool = True) -> CheckReport:
+    """Every problem of a data file at once (unlike :func:`read_rows`, which stops at the
+    first): format, columns, empty rows, duplicates and, with a tokenizer, token lengths."""
+    path = resolve_data_path(source)
+    records, _ = _records(path)
+    columns = sorted({k for r in records for k in r if k != "__line__"})
+    report = CheckReport(path=str(path), rows=len(records), columns=columns, kind=FORMATS[path.suffix.lower()], errors=[], warnings=[])
+    qa = "question" in columns and "answer" in columns
+    if not records:
+        report.errors.append("the file has no rows")
+        return report
+    if not qa and "text" not in columns:
+        report.errors.append(str(_column_error(path, columns)))
+        return report
+    fields = ("question", "answer") if qa else ("text",)
+    empty = [int(r["__line__"]) for r in records if any(not _text(r.get(f)) for f in fields)]
+    if empty:
+        report.errors.append(f"empty {'/'.join(fields)} at line(s) {_lines(empty)}: fill them in or delete those rows")
+    first_seen: dict[str, int] = {}
+    dupes: list[int] = []
+    for r in records:
+        key = " | ".join(" ".join(_text(r.get(f)).lower().split()) for f in fields)
+        if key in first_seen:
+            dupes.append(int(r["__line__"]))
+        else:
+            first_seen[key] = int(r["__line__"])
+    if dupes:
+        report.warnings.append(f"{len(dupes)} duplicate row(s) at line(s) {_lines(dupes)}: remove them to avoid over-weighting")
+    if tokenizer is not None and not empty:
+        rows = [Row(line=int(r["__line__"]), **{f: _text(r.get(f)) for f in fields}) for r in records]
+        examples, _ = tokenize_rows(rows, tokenizer, max_length=10**9, loss_on="all", chat=chat)
+        lengths = [len(e.input_ids) for e in examples]
+        long = [row.line for row, n in zip(rows, lengths) if n > max_length]
+        report.token_lengths = {"min": min(lengths), "mean": float(np.mean(lengths)), "max": max(lengths)}
+        if long:
+            report.warnings.append(
+                f"{len(long)} row(s) longer than {max_length} tokens at line(s) {_lines(long)}: they will be truncated "
+                "(raise --max-length or shorten them)"
+            )
+    return report

@@ -82,9 +82,12 @@ class Host:
 
 
 def host_fingerprint(model: PreTrainedModel) -> str:
-    """A short hash of the first rows of the input embedding, rounded to bfloat16 so that
+    return embedding_fingerprint(model.get_input_embeddings().weight)
+
+
+def embedding_fingerprint(weight: torch.Tensor) -> str:
+    """A short hash of the first rows of an input embedding, rounded to bfloat16 so that
     the same weights loaded in fp32 or bf16 give the same fingerprint."""
-    weight = model.get_input_embeddings().weight
     rows = weight[: min(64, weight.shape[0])].detach().to("cpu", torch.bfloat16).view(torch.int16)
     return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 

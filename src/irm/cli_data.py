@@ -1,0 +1,127 @@
+"""`irm data ...` and `irm score`: datasets, their checks, synthesis, and the emotion scorer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from .cli import app, console
+from .errors import IRMError
+
+data_app = typer.Typer(help="Alignment datasets: list the built-in ones, check a file, synthesize new ones.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def list_datasets(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the built-in datasets (use them as builtin:NAME)."""
+    from .data import builtin_datasets, read_rows
+
+    rows = [{"name": f"builtin:{n}", "rows": len(read_rows(f"builtin:{n}"))} for n in builtin_datasets()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="built-in datasets")
+    table.add_column("name")
+    table.add_column("rows", justify="right")
+    for r in rows:
+        table.add_row(r["name"], str(r["rows"]))
+    console.print(table)
+
+
+@data_app.command("check")
+def check(
+    file: Annotated[str, typer.Argument(help="CSV/JSONL/Parquet file or builtin:NAME.")],
+    host: Annotated[Optional[str], typer.Option(help="Also count tokens with this host's tokenizer.")] = None,
+    max_length: Annotated[int, typer.Option(help="Flag rows longer than this many tokens.")] = 128,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Validate a data file: format, columns, empty rows, duplicates, token lengths.
+
+    Exit code 0 when the file is usable (warnings allowed), 2 when it has errors."""
+    from .data import check_data
+
+    tokenizer = None
+    if host:
+        from .hosts import load_host
+
+        tokenizer = load_host(host, device="cpu").tokenizer
+    report = check_data(file, tokenizer, max_length=max_length)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(f"[bold]{report.path}[/]: {report.rows} rows, {report.kind}, columns {', '.join(report.columns)}")
+        if report.token_lengths:
+            t = report.token_lengths
+            console.print(f"tokens per row: min {t['min']}, mean {t['mean']:.1f}, max {t['max']}")
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        for e in report.errors:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print("[green]ok[/]" if report.ok else "[red]not usable until the errors are fixed[/]")
+    if not report.ok:
+        raise typer.Exit(2)
+
+
+@data_app.command("synthesize")
+def synthesize_cmd(
+    emotion: Annotated[str, typer.Option(help="anger, sadness, joy or neutral.")],
+    out: Annotated[Path, typer.Option(help="Output file (.csv, .jsonl or .parquet).")],
+    source: Annotated[str, typer.Option(help="Neutral question/answer pairs: a file or builtin:chatterbot.")] = "builtin:chatterbot",
+    method: Annotated[str, typer.Option(help="rewrite (an instruct model rewrites) or framing (phrase banks).")] = "rewrite",
+    generator: Annotated[str, typer.Option(help="Host that rewrites (any local chat model).")] = "smollm2-135m-instruct",
+    candidates: Annotated[int, typer.Option(help="Candidates per pair; the best accepted one is kept.")] = 4,
+    margin: Annotated[float, typer.Option(help="Minimum p(target) - p(runner-up) to keep a candidate.")] = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 8,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N pairs.")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 96,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Make toned question/answer data: K candidates per neutral pair, scored, best kept.
+
+    Interrupted runs resume from OUT.partial.jsonl; OUT.provenance.json records the
+    generator, prompt, seed, thresholds and counts kept and dropped."""
+    from .synthesis import SynthesisConfig, synthesize
+
+    if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
+        raise IRMError(f"{out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
+    config = SynthesisConfig(emotion=emotion, source=source, method=method, generator=generator, candidates=candidates,
+                             margin=margin, seed=seed, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens)
+    with Progress(console=console, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"synthesizing {emotion}", total=None)
+        provenance = synthesize(config, out, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        print(json.dumps(provenance, indent=2))
+    else:
+        console.print(f"kept {provenance['kept']} of {provenance['source_rows']} pairs -> {out} (provenance: {out}.provenance.json)")
+
+
+@app.command()
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="Texts, or one data file (its answer or text column is scored).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Score texts with the validated offline emotion scorer (anger, sadness, joy, neutral,
+    plus Plutchik's eight emotions and VADER valence)."""
+    from .data import FORMATS, read_rows
+    from .scoring import EmotionScorer
+
+    texts = inputs
+    if len(inputs) == 1 and (inputs[0].startswith("builtin:") or (Path(inputs[0]).suffix.lower() in FORMATS and Path(inputs[0]).exists())):
+        texts = [r.answer or r.text or "" for r in read_rows(inputs[0])]
+    results = [{"text": t, **s.to_dict()} for t, s in zip(texts, EmotionScorer().score(texts))]
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table()
+    for col in ("text", "top", "anger", "sadness", "joy", "neutral", "valence"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["text"][:80], r["top"], *(f"{r[f'p_{k}']:.2f}" for k in ("anger", "sadness", "joy", "neutral")), f"{r['valence']:+.2f}")
+    console.print(table)
