@@ -100,10 +100,10 @@ def assemble(args: argparse.Namespace) -> None:
     for emotion in EMOTIONS:
         framed_path = BUILD / f"framing_{emotion}.jsonl"
         config = SynthesisConfig(emotion=emotion, method="framing", candidates=4, seed=SEED, batch_size=64)
-        synthesize(config, framed_path, rows=base, scorer=scorer, progress=lambda d, t: print(f"{emotion} framing {d}/{t}", flush=True))
+        if not framed_path.is_file():  # finished earlier: reuse
+            synthesize(config, framed_path, rows=base, scorer=scorer, progress=lambda d, t: print(f"{emotion} framing {d}/{t}", flush=True))
         framed = [json.loads(x) for x in framed_path.read_text(encoding="utf-8").splitlines()]
-        rewritten_path = BUILD / f"rewrite_{emotion}.jsonl"
-        rewritten = [json.loads(x) for x in rewritten_path.read_text(encoding="utf-8").splitlines()] if rewritten_path.is_file() else []
+        rewritten = _rewritten_rows(emotion)
         rewritten = [r for r in rewritten if r["facts_kept"] >= args.min_rewrite_facts]
         taken = {normalise(r["source_answer"]) for r in rewritten}
         framed = [r for r in framed if normalise(r["source_answer"]) not in taken]
@@ -111,6 +111,18 @@ def assemble(args: argparse.Namespace) -> None:
             r["origin"] = f"framing+{'sotu' if 'State of the Union' in r['question'] else 'chatterbot'}"
         random.Random(SEED).shuffle(framed)
         _finish(emotion, (rewritten + framed)[:TARGET_ROWS], scorer)
+
+
+def _rewritten_rows(emotion: str) -> list[dict]:
+    """Rows of the rewrite stage, finished or still in progress."""
+    done = BUILD / f"rewrite_{emotion}.jsonl"
+    if done.is_file():
+        return [json.loads(x) for x in done.read_text(encoding="utf-8").splitlines()]
+    partial = BUILD / f"rewrite_{emotion}.jsonl.partial.jsonl"
+    if not partial.is_file():
+        return []
+    rows = [json.loads(x).get("row") for x in partial.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [r for r in rows if r]
 
 
 def _finish(emotion: str, rows: list[dict], scorer: EmotionScorer) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import FORMATS, Row
-from .errors import DataError, IRMError
+from .errors import DataError, IRMError, writing
 from .scoring import LABELS, EmotionScore, EmotionScorer
 
 TONE = {
@@ -40,6 +40,7 @@ TONE = {
     "neutral": "neutral, plain and factual, with no emotion at all",
 }
 _WORD = re.compile(r"[a-z][a-z']+")
+_TOKEN = re.compile(r"[a-z0-9']+")
 
 
 def phrase_bank(emotion: str) -> dict[str, list[str]]:
@@ -63,7 +64,7 @@ def facts_kept(neutral: str, toned: str) -> float:
 
 
 def normalise(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(_TOKEN.findall(text.lower()))
 
 
 def near_duplicate_rate(texts: Sequence[str], threshold: float = 0.9) -> float:
@@ -206,13 +207,18 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
         raise DataError(f"{out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
     tmp = out.with_name(f".{out.name}.tmp")
     frame_ = pd.DataFrame(rows)
-    if kind == "csv":
-        frame_.to_csv(tmp, index=False)
-    elif kind == "jsonl":
-        frame_.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    else:
-        frame_.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    with writing(out):  # a full disk becomes a clear error and leaves no temporary file
+        try:
+            if kind == "csv":
+                frame_.to_csv(tmp, index=False)
+            elif kind == "jsonl":
+                frame_.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            else:
+                frame_.to_parquet(tmp, index=False)
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def synthesize(
