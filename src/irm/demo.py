@@ -1,0 +1,95 @@
+"""The main job on the embedded host, end to end: train a short IRM on ``builtin:anger``,
+compare generations, evaluate, record and analyse its outputs, write the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from .train_config import TrainConfig
+
+DEMO_PROMPTS = [
+    "How do plants get water from the soil?",
+    "What should I consider when choosing a bicycle?",
+    "Can you explain how a refrigerator keeps food cold?",
+    "What is a good way to start learning to cook?",
+    "Why do leaves change colour in autumn?",
+    "How does a library organise its books?",
+]
+
+
+@dataclass
+class DemoSettings:
+    out: Path = Path("runs/demo")
+    host: str = "smollm2-135m-instruct"
+    data: str = "builtin:anger"
+    layers: str = "all"
+    max_steps: int = 150
+    lr: float = 1e-3
+    batch_size: int = 8
+    eval_prompts: int = 24
+    max_new_tokens: int = 40
+    quick: bool = False
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            host=self.host, data=self.data, layers=self.layers, max_steps=self.max_steps, lr=self.lr,
+            batch_size=self.batch_size, out=str(self.out), val_every=max(1, self.max_steps // 3),
+            checkpoint_every=max(1, self.max_steps // 3), log_every=5,
+        )
+
+
+def _step(console: Console, name: str, fn: Callable[[], object]) -> object:
+    start = time.perf_counter()
+    console.print(f"[bold cyan]irm demo[/] {name} ...")
+    result = fn()
+    console.print(f"[bold cyan]irm demo[/] {name} done in {time.perf_counter() - start:.0f} s")
+    return result
+
+
+def side_by_side(run: Path, host_name: str, prompts: list[str], strengths: tuple[float, ...] = (1.0, 2.0), max_new_tokens: int = 40) -> Path:
+    """Greedy generations with the IRM off and at each strength, written to RUN/generations.json."""
+    from .attach import attach
+    from .generation import generate
+    from .hosts import load_host
+    from .model import IRM
+
+    host = load_host(host_name)
+    irm = IRM.from_pretrained(run / "irm", host, device=host.device)
+    rows = [{"prompt": p, "IRM off": g.text} for p, g in zip(prompts, generate(host, prompts, max_new_tokens=max_new_tokens))]
+    with attach(host, irm) as handle:
+        for s in strengths:
+            handle.strength = s
+            for row, g in zip(rows, generate(host, prompts, max_new_tokens=max_new_tokens)):
+                row[f"IRM x{s:g}"] = g.text
+    path = run / "generations.json"
+    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
+    from .html_report import build_report
+    from .training import train
+
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    run = settings.out
+    _step(console, f"training an IRM on {settings.data} ({settings.max_steps} steps)",
+          lambda: train(settings.train_config(), overwrite=True, progress=True))
+    _step(console, "generating side by side", lambda: side_by_side(run, settings.host, DEMO_PROMPTS, max_new_tokens=settings.max_new_tokens))
+    for name, stage in _optional_stages(settings):
+        _step(console, name, stage)
+    page = _step(console, "writing the report", lambda: build_report(run))
+    console.print(f"[bold cyan]irm demo[/] finished in {(time.perf_counter() - started) / 60:.1f} min")
+    assert isinstance(page, Path)
+    return page
+
+
+def _optional_stages(settings: DemoSettings) -> list[tuple[str, Callable[[], object]]]:
+    """Evaluation, recording and analysis, in the run directory's eval/, analysis/, ablation/."""
+    return []
