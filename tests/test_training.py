@@ -121,6 +121,7 @@ def test_gradients_reach_only_the_irm(tiny_llama, tmp_path):
     batch = collate(examples, tiny_llama.tokenizer.pad_token_id)
     nll, count, _ = module._loss(batch)
     (nll / count).backward()
+    module.teardown("fit")
     assert all(p.grad is None for p in tiny_llama.model.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert set(module.state_dict()) == {f"irm.{k}" for k in net.state_dict()}
@@ -158,6 +159,9 @@ def test_sigkill_then_resume_gives_the_same_irm(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "irm").exists()
+    from irm.training import metrics_files
+
+    before = {f: f.read_bytes() for f in metrics_files(run)}
     saved_step = torch.load(ckpt, weights_only=True)["global_step"]
     assert 0 < saved_step < 150
     resumed = _run(["train", "--resume", str(run), "--no-progress", "--json"])
@@ -168,6 +172,9 @@ def test_sigkill_then_resume_gives_the_same_irm(tmp_path):
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
     assert not list(run.glob("checkpoints/*.tmp"))
+    files = metrics_files(run)  # the metrics logged before the kill are kept
+    assert files[-1].parent.name == "csv-resumed-1"
+    assert all(before[f] == f.read_bytes()[: len(before[f])] for f in before)
 
 
 def _step_losses(run: Path) -> dict[int, float]:
@@ -218,3 +225,27 @@ def test_smollm2_training_loss_falls(tmp_path, smollm2):
     assert "optimizer_states" in ckpt and "lr_schedulers" in ckpt
     back = irm.IRM.from_pretrained(result.irm_dir, smollm2)
     assert back.config.layers == list(range(8))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
+    from irm.lightning_module import set_activation_checkpointing
+
+    rows = [Row(line=1, question="a?", answer="bcd efg"), Row(line=2, question="e?", answer="fgh ijk lmn")]
+    batch = collate(tokenize_rows(rows, tiny_llama.tokenizer, max_length=64)[0], tiny_llama.tokenizer.pad_token_id)
+    grads = []
+    for checkpointing in (False, True):
+        net = irm.IRM.for_host(tiny_llama, "all", output_init="default", seed=0)
+        set_activation_checkpointing(tiny_llama.model, checkpointing)
+        recomputed = []
+        mlp = tiny_llama.spec.layers(tiny_llama.model)[2].mlp  # inside the checkpointed forward
+        hook = mlp.register_forward_pre_hook(lambda *a: recomputed.append(1))
+        with irm.attach(tiny_llama, net):  # hooks stay attached through backward (recomputation)
+            nll, count = target_loss(tiny_llama.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            (nll / count).backward()
+        hook.remove()
+        assert len(recomputed) == (2 if checkpointing else 1)  # forward, then recomputed in backward
+        grads.append([p.grad.clone() for p in net.parameters()])
+    set_activation_checkpointing(tiny_llama.model, False)
+    tiny_llama.model.gradient_checkpointing_disable()
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)

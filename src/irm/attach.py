@@ -9,6 +9,9 @@ handle for the duration of one forward pass of the decoder stack and is dropped 
 pass ends, so nothing is left on any module. Hooks are removed when the context exits,
 also on exceptions. ``strength == 0`` (or :meth:`IRMHandle.disable`) removes the hooks, so
 "off" costs nothing and reproduces the host exactly.
+
+With gradient checkpointing of host layers, keep the handle attached until ``backward``
+has run: the recomputed layers need their hooks.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +28,9 @@ from torch.utils.hooks import RemovableHandle
 from .architectures import SITES, ArchitectureSpec, resolve_architecture
 from .errors import IRMError, IRMMismatchError
 from .model import IRM
+
+if TYPE_CHECKING:
+    from .steering import SteeringVector
 
 OutputCallback = Callable[[Tensor], None]
 OutputTransform = Callable[[Tensor], Tensor]
@@ -67,7 +73,7 @@ class IRMHandle:
     def __init__(
         self,
         model: nn.Module,
-        irm: IRM,
+        irm: IRM | SteeringVector,
         *,
         strength: float = 1.0,
         layers: Iterable[int] | None = None,
@@ -184,13 +190,14 @@ class IRMHandle:
         return self._state
 
     def _compute(self, state: _ForwardState, resid: Tensor) -> None:
-        if state.delta is not None:  # a re-run under gradient checkpointing: reuse
-            return
+        # Under gradient checkpointing the backward pass re-runs the source layer, and the
+        # re-run must save the same tensors as the first run: so the IRM runs again (same
+        # values), but its output is reported only once.
         irm_dtype = self.irm.output_layer.weight.dtype
         delta = self.irm(resid.to(irm_dtype))
         if self.transform is not None:
             delta = self.transform(delta)
-        if self.on_output is not None:
+        if self.on_output is not None and state.delta is None:
             self.on_output(delta.detach())
         state.delta = delta
 
@@ -228,8 +235,9 @@ class IRMHandle:
                 assert state.layer_input is not None
                 # The same sum the layer computes next; addition is commutative in IEEE
                 # arithmetic, so this equals the host's resid_mid bit for bit.
+                # layer_input is kept for the whole pass: under gradient checkpointing this
+                # hook re-runs in backward, but the layer's own pre-hook does not.
                 self._compute(state, state.layer_input + branch)
-                state.layer_input = None
             if k is None:
                 return None
             return _replace_first(output, branch + self._vector(state, k, branch))
@@ -251,14 +259,15 @@ class IRMHandle:
 
 def attach(
     host: Any,
-    irm: IRM,
+    irm: IRM | SteeringVector,
     *,
     strength: float = 1.0,
     layers: Iterable[int] | None = None,
     on_output: OutputCallback | None = None,
     transform: OutputTransform | None = None,
 ) -> IRMHandle:
-    """Attach ``irm`` to ``host`` (an :class:`irm.Host` or a transformers model).
+    """Attach ``irm`` (an IRM or a :class:`irm.steering.SteeringVector`) to ``host`` (an
+    :class:`irm.Host` or a transformers model).
 
     ``layers`` restricts injection to a subset of the IRM's layers; ``on_output`` receives
     the IRM output ``(batch, seq, hidden, n_layers)`` of every forward pass (detached);

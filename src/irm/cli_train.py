@@ -35,6 +35,8 @@ def train(
     penalty: Annotated[Optional[str], Opt(help="none, l1 or l2 penalty on the IRM output.")] = None,
     penalty_weight: Annotated[Optional[float], Opt(help="Weight of the penalty (per-element mean) [1e-4].")] = None,
     precision: Annotated[Optional[str], Opt(help="auto, 32-true, bf16-mixed, 16-mixed ...")] = None,
+    host_dtype: Annotated[Optional[str], Opt(help="Host weights: auto (bf16 on GPU), float32, bfloat16.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute host layers in backward (less memory).")] = None,
     devices: Annotated[Optional[int], Opt(help="Processes/GPUs per node [1].")] = None,
     num_nodes: Annotated[Optional[int], Opt(help="Nodes (SLURM: see README) [1].")] = None,
     strategy: Annotated[Optional[str], Opt(help="auto, ddp or fsdp.")] = None,

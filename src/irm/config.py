@@ -61,13 +61,14 @@ class IRMConfig:
             if value not in SITES:
                 raise IRMError(f"unknown {name} {value!r}", hint=f"use one of {', '.join(SITES)}")
         if not self.layers:
-            raise IRMError("an IRM needs at least one injected layer")
+            raise IRMError("an IRM needs at least one injected layer", hint="use --layers all or e.g. --layers 0-7")
         if self.layers[0] < 0 or self.layers[-1] >= self.host.num_layers:
-            raise IRMError(f"injected layers {self.layers} out of range for a {self.host.num_layers}-layer host")
+            raise IRMError(f"injected layers {self.layers} out of range for a {self.host.num_layers}-layer host",
+                           hint=f"pick layers between 0 and {self.host.num_layers - 1}")
         if self.depth < 0:
-            raise IRMError("depth must be >= 0")
+            raise IRMError(f"depth must be >= 0, got {self.depth}", hint="use --depth 4 (the paper's IRM)")
         if self.rank is not None and self.rank < 1:
-            raise IRMError("rank must be a positive integer")
+            raise IRMError(f"rank must be a positive integer, got {self.rank}", hint="use e.g. --rank 64, or leave it out for a full IRM")
         if self.output_init not in ("zeros", "default"):
             raise IRMError(f"unknown output_init {self.output_init!r}", hint="use 'zeros' or 'default'")
         first = (self.layers[0], SITES.index(self.site))
@@ -121,7 +122,7 @@ class IRMConfig:
                 hint=f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(known))}",
             )
         if int(data.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
-            raise IRMError("this IRM was written by a newer irm", hint="upgrade irm")
+            raise IRMError("this IRM was written by a newer irm", hint="upgrade irm (pip install -U irm)")
         return cls(**data)
 
     def save_to(self, path: str | Path) -> Path:
@@ -136,8 +137,18 @@ class IRMConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise IRMError(f"{path} not found", hint="point at a directory written by IRM.save_pretrained") from None
+        except IsADirectoryError:
+            raise IRMError(f"{path} is a directory, not a JSON file", hint="point at a directory written by IRM.save_pretrained") from None
+        except PermissionError:
+            raise IRMError(f"{path}: permission denied", hint="make the file readable") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IRMError(f"{path} is not valid JSON: {exc}") from None
+            raise IRMError(f"{path} is not valid JSON: {exc}", hint="the file is damaged; re-save or re-train this IRM") from None
         if not isinstance(data, dict):
-            raise IRMError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+            raise IRMError(f"{path} must hold a JSON object", hint="the file is damaged; re-save or re-train this IRM")
+        try:
+            return cls.from_dict(data)
+        except IRMError as exc:
+            raise type(exc)(f"{path}: {exc.message}", hint=exc.hint or "fix the file, or re-save or re-train this IRM") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise IRMError(f"{path}: malformed IRM config ({type(exc).__name__}: {exc})",
+                           hint="the file is damaged; re-save or re-train this IRM") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
                 raise DataError(f"{path}: the file is empty", hint="add rows with question/answer or text columns")
         if kind == "jsonl":
             records = []
-            for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+            for number, line in enumerate(raw.decode("utf-8-sig").splitlines(), start=1):  # -sig: Excel's BOM
                 if not line.strip():
                     continue
                 try:
@@ -108,9 +108,10 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
 
         if kind == "csv":
             try:
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
             except pd.errors.ParserError as exc:
-                raise DataError(f"{path}: malformed CSV ({exc})", hint="quote fields that contain commas or newlines") from None
+                detail = str(exc).strip().replace("Error tokenizing data. C error: ", "")
+                raise DataError(f"{path}: malformed CSV ({detail})", hint="quote fields that contain commas or newlines") from None
             first = 2
         else:
             try:
@@ -177,6 +178,21 @@ def read_rows(source: str | Path, *, limit: int | None = None) -> list[Row]:
     return rows[:limit] if limit else rows
 
 
+def read_prompts(source: str | Path, *, limit: int | None = None) -> list[str]:
+    """The prompts of a file with a ``question``, ``prompt`` or ``text`` column (e.g.
+    ``builtin:prompts``; a question/answer file gives its questions), empty ones skipped."""
+    path = resolve_data_path(source)
+    records, _ = _records(path)
+    columns = {k for r in records for k in r if k != "__line__"}
+    column = next((c for c in ("question", "prompt", "text") if c in columns), None)
+    if column is None:
+        raise DataError(f"{path}: needs a 'question', 'prompt' or 'text' column; found {', '.join(sorted(columns)) or 'none'}")
+    prompts = [t for t in (_text(r.get(column)) for r in records) if t]
+    if not prompts:
+        raise DataError(f"{path}: no prompts", hint=f"fill in the {column!r} column")
+    return prompts[:limit] if limit else prompts
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -212,6 +228,8 @@ def write_jsonl(rows: Sequence[Row], path: Path) -> None:
 class Example:
     input_ids: list[int]
     labels: list[int]
+    line: int = 0
+    """The row's line in its data file (for messages)."""
 
 
 @dataclass
@@ -220,6 +238,9 @@ class TokenizeReport:
     truncated: int
     dropped: int
     """Rows left with no trainable token after truncation."""
+    dropped_lines: list[int] = field(default_factory=list)
+    needed_length: int = 0
+    """The smallest max_length that would keep every dropped row (0: none dropped)."""
 
 
 def tokenize_rows(
@@ -239,6 +260,8 @@ def tokenize_rows(
     bos = [tokenizer.bos_token_id] if (tokenizer.bos_token_id is not None and not use_template) else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     examples, truncated, dropped = [], 0, 0
+    dropped_lines: list[int] = []
+    needed = 0
     for row in rows:
         if row.text is not None:
             prompt_ids: list[int] = bos
@@ -263,9 +286,12 @@ def tokenize_rows(
         # position 0 is never a target (nothing precedes it)
         if sum(1 for x in labels[1:] if x != IGNORE_INDEX) == 0:
             dropped += 1
+            dropped_lines.append(row.line)
+            needed = max(needed, mask_len + 1)
             continue
-        examples.append(Example(input_ids=ids, labels=labels))
-    return examples, TokenizeReport(rows=len(rows), truncated=truncated, dropped=dropped)
+        examples.append(Example(input_ids=ids, labels=labels, line=row.line))
+    report = TokenizeReport(rows=len(rows), truncated=truncated, dropped=dropped, dropped_lines=dropped_lines, needed_length=needed)
+    return examples, report
 
 
 def collate(examples: Sequence[Example], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
@@ -367,9 +393,12 @@ def _lines(numbers: Sequence[int]) -> str:
     return ", ".join(map(str, numbers[:10])) + (f" ... ({len(numbers)} in all)" if len(numbers) > 10 else "")
 
 
-def check_data(source: str | Path, tokenizer: Any | None = None, *, max_length: int = 128, chat: bool = True) -> CheckReport:
+def check_data(
+    source: str | Path, tokenizer: Any | None = None, *, max_length: int = 128, chat: bool = True, context: int | None = None
+) -> CheckReport:
     """Every problem of a data file at once (unlike :func:`read_rows`, which stops at the
-    first): format, columns, empty rows, duplicates and, with a tokenizer, token lengths."""
+    first): format, columns, empty rows, duplicates and, with a tokenizer, token lengths
+    (rows longer than the host's ``context`` are errors)."""
     path = resolve_data_path(source)
     records, _ = _records(path)
     columns = sorted({k for r in records for k in r if k != "__line__"})
@@ -401,6 +430,12 @@ def check_data(source: str | Path, tokenizer: Any | None = None, *, max_length: 
         lengths = [len(e.input_ids) for e in examples]
         long = [row.line for row, n in zip(rows, lengths) if n > max_length]
         report.token_lengths = {"min": min(lengths), "mean": float(np.mean(lengths)), "max": max(lengths)}
+        too_long = [row.line for row, n in zip(rows, lengths) if context and n > context and max_length > context]
+        if too_long:
+            report.errors.append(
+                f"{len(too_long)} row(s) longer than the host's context of {context} tokens at line(s) {_lines(too_long)}: "
+                f"shorten them, or train with --max-length {context} or less so that they are truncated"
+            )
         if long:
             report.warnings.append(
                 f"{len(long)} row(s) longer than {max_length} tokens at line(s) {_lines(long)}: they will be truncated "

@@ -23,6 +23,12 @@ def _get(config: Any, *names: str, default: Any = None) -> Any:
 
 def host_forward_flops(config: Any, context: int) -> int:
     """Forward FLOPs per token of a decoder-only host, LM head included."""
+    linear, attention = _host_parts(config, context)
+    return linear + attention
+
+
+def _host_parts(config: Any, context: int) -> tuple[int, int]:
+    """(linear-layer FLOPs, attention-score FLOPs) per token."""
     h = int(_get(config, "hidden_size", "n_embd"))
     layers = int(_get(config, "num_hidden_layers", "n_layer"))
     heads = int(_get(config, "num_attention_heads", "n_head"))
@@ -34,7 +40,7 @@ def host_forward_flops(config: Any, context: int) -> int:
     projections = h * q + 2 * h * kv + q * h
     attention = 2 * q * context  # QK^T and AV
     mlp = (3 if config.model_type in GATED_MLP else 2) * h * inner
-    return 2 * (layers * (projections + mlp) + h * vocab) + layers * 2 * attention
+    return 2 * (layers * (projections + mlp) + h * vocab), layers * 2 * attention
 
 
 def irm_flops(config: IRMConfig) -> int:
@@ -47,7 +53,9 @@ def irm_flops(config: IRMConfig) -> int:
 
 
 def training_flops(host_config: Any, irm_config: IRMConfig, context: int) -> int:
-    """FLOPs per training token: host forward, host backward through activations only
-    (no weight gradients: about one forward again), IRM forward and backward (3x)."""
-    host = host_forward_flops(host_config, context)
-    return 2 * host + 3 * irm_flops(irm_config)
+    """FLOPs per training token, for model-FLOPs utilisation: the host's forward; its
+    backward through activations only (input gradients of every linear = one forward of
+    the linears, and twice the attention-score matmuls); the IRM's forward and backward
+    (input and weight gradients: three forwards)."""
+    linear, attention = _host_parts(host_config, context)
+    return 2 * linear + 3 * attention + 3 * irm_flops(irm_config)

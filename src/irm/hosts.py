@@ -68,6 +68,11 @@ class Host:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the host can attend over (None when its config does not say)."""
+        return context_length(self.model)
+
     def identity(self) -> HostIdentity:
         config = self.model.config
         arch = (getattr(config, "architectures", None) or [type(self.model).__name__])[0]
@@ -79,6 +84,15 @@ class Host:
             num_layers=self.num_layers,
             fingerprint=host_fingerprint(self.model),
         )
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def host_fingerprint(model: PreTrainedModel) -> str:

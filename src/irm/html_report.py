@@ -99,25 +99,28 @@ def json_block(data: Any, title: str = "") -> str:
 
 
 def _training_curves(run: Path, workdir: Path) -> str:
-    metrics = run / "logs" / "csv" / "metrics.csv"
-    if not metrics.is_file():
+    from .training import metrics_files
+
+    files = metrics_files(run)
+    if not files:
         return '<p class="muted">no training log</p>'
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    with open(metrics, encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            for key in ("train_loss_step", "val_loss"):
-                if row.get(key):
-                    series.setdefault(key, []).append((int(row["step"]), float(row[key])))
+    series: dict[str, dict[int, float]] = {}
+    for metrics in files:  # a resumed run continues in csv-resumed-N/; later values win
+        with open(metrics, encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                for key in ("train_loss_step", "val_loss"):
+                    if row.get(key):
+                        series.setdefault(key, {})[int(row["step"])] = float(row[key])
     if not series:
         return '<p class="muted">no losses logged yet</p>'
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
     for key, points in series.items():
-        xs, ys = zip(*points)
+        xs, ys = zip(*sorted(points.items()))
         ax.plot(xs, ys, marker="o" if key == "val_loss" else None, label=key.replace("_step", ""))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")

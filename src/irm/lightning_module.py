@@ -21,9 +21,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .attach import attach
+from .attach import IRMHandle, attach
 from .data import IGNORE_INDEX, Example, LengthGroupedBatches, collate
-from .errors import IRMError
+from .errors import IRMError, TrainingDivergedError, writing
 from .model import IRM
 from .train_config import TrainConfig
 
@@ -53,6 +53,18 @@ def target_loss(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tenso
     return nll, keep.sum()
 
 
+def set_activation_checkpointing(model: torch.nn.Module, active: bool = True) -> None:
+    """Recompute the host's decoder layers during backward. transformers checkpoints a layer
+    only while that layer is in training mode, so the layer modules (not their children,
+    which keep dropout off) are flagged as training."""
+    from .architectures import resolve_architecture
+
+    if active and not getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for layer in resolve_architecture(model).layers(model):
+        layer.training = active
+
+
 def output_penalty(delta: Tensor, attention_mask: Tensor, kind: str) -> Tensor:
     """Mean |x| (l1) or x^2 (l2) over every element of the IRM output at real tokens, so
     its weight does not depend on batch size, length or the number of layers."""
@@ -73,11 +85,15 @@ class IRMTrainingModule(pl.LightningModule):
         self._resume_position: tuple[int, int] | None = None
         self.strict_loading = True
         self.real_tokens_seen = 0
+        self._handle: IRMHandle | None = None
+        self._captured: list[Tensor] = []
 
     # Keep the frozen host in eval mode (no dropout) whatever Lightning asks.
     def train(self, mode: bool = True) -> IRMTrainingModule:
         super().train(mode)
         self.host.eval()
+        if self.config.gradient_checkpointing:
+            set_activation_checkpointing(self.host, mode)
         return self
 
     # ---------------------------------------------------------------- checkpoints
@@ -151,12 +167,24 @@ class IRMTrainingModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- steps
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        captured: list[Tensor] = []
-        transform = (lambda d: captured.append(d) or d) if self.config.penalty != "none" else None
-        with attach(self.host, self.irm, transform=transform):
-            nll, count = target_loss(self.host, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        penalty = output_penalty(captured[0], batch["attention_mask"], self.config.penalty) if captured else None
+        # One handle for the whole run, not one per step: with gradient checkpointing the
+        # backward pass re-runs host layers, and their hooks must still be there.
+        if self._handle is None:
+            self._handle = attach(self.host, self.irm, transform=self._capture if self.config.penalty != "none" else None)
+        self._captured.clear()
+        nll, count = target_loss(self.host, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        penalty = output_penalty(self._captured[0], batch["attention_mask"], self.config.penalty) if self._captured else None
         return nll, count, penalty
+
+    def _capture(self, delta: Tensor) -> Tensor:
+        self._captured.append(delta)
+        return delta
+
+    def teardown(self, stage: str) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._captured.clear()
 
     def _global(self, value: Tensor) -> Tensor:
         if dist.is_available() and dist.is_initialized():
@@ -176,10 +204,9 @@ class IRMTrainingModule(pl.LightningModule):
         global_nll = self._global(nll.detach())
         mean_nll = global_nll / global_count
         if not torch.isfinite(mean_nll):
-            raise IRMError(
+            raise TrainingDivergedError(
                 f"training loss became {mean_nll.item()} at step {self.global_step}; stopped before the bad update",
-                hint="the last good checkpoint is kept in the run directory: lower --lr, turn on --grad-clip, or check the data; "
-                "then --resume",
+                hint="the last good checkpoint is kept in the run directory; lower --lr or add --grad-clip 1.0 and train again",
             )
         tokens = int(self._global(batch["attention_mask"].sum().detach()).item())
         self.real_tokens_seen += tokens
@@ -236,20 +263,64 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(checkpoint, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with writing(path):  # a full disk becomes a clear error; the old checkpoint stays
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    torch.save(checkpoint, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        """Always ``weights_only=True``: a checkpoint that holds pickled code is refused."""
+        import pickle
+
+        fix = f"delete {path} to restart the run from step 0 with --resume, or train again with --overwrite"
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            text = str(exc)
+            if "Unsupported global" in text or "GLOBAL" in text:
+                found = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a Python object"
+                raise IRMError(
+                    f"refused to load {path}: it holds pickled Python objects ({found}), not just tensors; irm reads "
+                    "checkpoints with weights_only=True and never runs code from them",
+                    hint=f"irm did not write this file; {fix}",
+                ) from None
+            raise IRMError(f"{path} is not a readable checkpoint ({_first_line(text)})", hint=f"the file is damaged; {fix}") from None
+        except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+            raise IRMError(
+                f"{path} is not a readable checkpoint ({type(exc).__name__}: {_first_line(str(exc))})",
+                hint=f"the file is damaged; {fix}",
+            ) from None
+
+
+def _first_line(text: str) -> str:
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no details"
+
+
+def check_finite_weights(irm: torch.nn.Module, step: int) -> None:
+    """Raise :class:`TrainingDivergedError` if any IRM weight is NaN or infinite (an update
+    can break the weights while the loss that produced it was still finite). Collective
+    under DDP/FSDP, so every rank stops together."""
+    bad = [name for name, p in irm.named_parameters() if not bool(torch.isfinite(p).all())]
+    flag = torch.tensor(float(bool(bad)), device=next(irm.parameters()).device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag)
+    if flag.item() > 0:
+        where = f" ({bad[0]})" if bad else " (on another process)"
+        raise TrainingDivergedError(
+            f"the IRM weights became NaN or infinite{where} after step {step}; stopped without saving them",
+            hint="the last good checkpoint is kept in the run directory; lower --lr or add --grad-clip 1.0 and train again",
+        )
 
 
 class PeriodicCheckpoint(pl.Callback):
@@ -261,10 +332,15 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         if trainer.global_step > 0 and trainer.global_step % self.every == 0 and _step_boundary(trainer):
-            trainer.save_checkpoint(self.path)
+            self._save(trainer, module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        self._save(trainer, module)
+
+    def _save(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # A checkpoint must never hold broken weights: "the last good checkpoint" stays good.
+        check_finite_weights(module.irm, trainer.global_step)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: optimizer, loops, callbacks
 
 
 def _step_boundary(trainer: pl.Trainer) -> bool:

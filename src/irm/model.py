@@ -3,8 +3,11 @@ one additive vector per injected layer."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import CONFIG_NAME, IRMConfig
-from .errors import IRMError, IRMMismatchError
+from .errors import IRMError, IRMMismatchError, writing
 from .layerspec import parse_layers
 
 WEIGHTS_NAME = "model.safetensors"
@@ -111,10 +114,12 @@ class IRM(nn.Module):
         Files are written to temporary names and renamed into place, so an interrupted
         save never leaves a half-written file under the final name."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        with writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_NAME, lambda p: self.config.save_to(p))
+        config_bytes = (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8")
+        # both files are complete on disk before either replaces an older one
+        _atomic_write_all([(directory / WEIGHTS_NAME, lambda p: _save_safetensors(state, p)), (directory / CONFIG_NAME, config_bytes)])
         return directory
 
     @classmethod
@@ -133,6 +138,9 @@ class IRM(nn.Module):
         if not directory.is_dir():
             raise IRMError(f"IRM directory {directory} not found", hint="pass a directory written by `irm train` or save_pretrained")
         config = IRMConfig.load(directory)
+        kind = config.extra.get("kind", "irm")
+        if kind != "irm":
+            raise IRMError(f"{directory} holds a {kind}, not an IRM", hint="load it with irm.adapters.load_adapter")
         if host is not None and check_host:
             from .hosts import check_host_matches
 
@@ -165,14 +173,46 @@ class IRM(nn.Module):
         return irm
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
+    """``save_file``, with its I/O failures (disk full ...) raised as the ``OSError`` they are."""
     try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        save_file(state, str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
+
+
+def _atomic_write(path: Path, data: bytes | Callable[[Path], Any]) -> None:
+    """Write ``data`` (bytes, or a function that writes a given path) atomically to ``path``."""
+    _atomic_write_all([(path, data)])
+
+
+def _atomic_write_all(items: list[tuple[Path, bytes | Callable[[Path], Any]]]) -> None:
+    """Write every file to a temporary name next to it and fsync it; only when all are
+    written, rename them into place. A crash or a full disk leaves the old files (or none),
+    never half a file or a mix, and no temporary file behind; an ``OSError`` becomes an
+    :class:`IRMError` that says what happened (see :func:`irm.errors.writing`)."""
+    tmps: list[str] = []
+    try:
+        for path, data in items:
+            with writing(path):
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                tmps.append(tmp)
+                with os.fdopen(fd, "wb") as fh:
+                    if isinstance(data, (bytes, bytearray, memoryview)):
+                        fh.write(data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                if not isinstance(data, (bytes, bytearray, memoryview)):
+                    data(Path(tmp))
+                    with open(tmp, "rb") as fh:
+                        os.fsync(fh.fileno())
+        for (path, _), tmp in zip(items, tmps):
+            with writing(path):
+                os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp in tmps:
+            Path(tmp).unlink(missing_ok=True)
         raise
