@@ -90,6 +90,40 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
     return page
 
 
+def analyse(run: Path, settings: DemoSettings) -> object:
+    """Record the IRM on held-out prompts (RUN/record) and analyse it (RUN/analysis)."""
+    from .analysis_report import AnalyzeOptions, analyze
+
+    options = AnalyzeOptions(k=10, token_plots=3, frames=12, prompt_limit=12, neutral_limit=12,
+                             max_new_tokens=min(24, settings.max_new_tokens))
+    return analyze([run], run / "analysis", options)
+
+
+def ablate_dominant(run: Path, settings: DemoSettings, emotion: str = "anger") -> Path:
+    """Zero the IRM's dominant indices against as many random ones (RUN/ablation)."""
+    from .ablation import ablate, dominant_indices
+    from .data import read_rows
+    from .hosts import load_host
+    from .model import IRM
+    from .scoring import EmotionScorer
+
+    host = load_host(settings.host)
+    irm = IRM.from_pretrained(run / "irm", host, device=host.device)
+    prompts = [r.question for r in read_rows("builtin:prompts")][-12:]
+    options = dict(max_new_tokens=min(24, settings.max_new_tokens))
+    indices = dominant_indices(host, irm, prompts[:4], 3, **options)
+    result = ablate(host, irm, indices, prompts, draws=3, scorer=EmotionScorer(), target=emotion, **options)
+    out = run / "ablation"
+    out.mkdir(exist_ok=True)
+    path = out / "ablation.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def _optional_stages(settings: DemoSettings) -> list[tuple[str, Callable[[], object]]]:
     """Evaluation, recording and analysis, in the run directory's eval/, analysis/, ablation/."""
-    return []
+    run = settings.out
+    return [
+        ("recording and analysing the IRM outputs", lambda: analyse(run, settings)),
+        ("ablating the dominant indices", lambda: ablate_dominant(run, settings)),
+    ]
