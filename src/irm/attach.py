@@ -193,7 +193,7 @@ class IRMHandle:
         # Under gradient checkpointing the backward pass re-runs the source layer, and the
         # re-run must save the same tensors as the first run: so the IRM runs again (same
         # values), but its output is reported only once.
-        irm_dtype = self.irm.output_layer.weight.dtype
+        irm_dtype = next(self.irm.parameters()).dtype
         delta = self.irm(resid.to(irm_dtype))
         if self.transform is not None:
             delta = self.transform(delta)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import IRMError
@@ -58,7 +59,7 @@ def hosts(as_json: JsonOpt = False) -> None:
 def generate(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt; repeat for a batch.")],
     host: HostOpt = "smollm2-135m-instruct",
-    irm: Annotated[str, typer.Option("--irm", help="IRM directory, or 'none' for the bare host.")] = "none",
+    irm: Annotated[str, typer.Option("--irm", help="IRM or steering-vector directory, or 'none' for the bare host.")] = "none",
     strength: Annotated[float, typer.Option(help="Scale of the IRM output; 0 = bare host.")] = 1.0,
     compare: Annotated[bool, typer.Option("--compare", help="Show host-only and IRM text side by side.")] = False,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 64,
@@ -74,17 +75,18 @@ def generate(
 
     Example: irm generate --irm runs/anger/irm -p "How do plants grow?" --compare
     """
+    from .adapters import load_adapter
     from .attach import attach, check_strength
     from .generation import generate as run_generate
     from .hosts import load_host
-    from .model import IRM
 
     check_strength(strength)
     use_irm = irm.lower() != "none"
     if compare and not use_irm:
         raise IRMError("--compare needs an IRM to compare against", hint="pass --irm DIR")
     loaded_host = load_host(host, device=device)
-    model = IRM.from_pretrained(irm, loaded_host, check_host=not force, device=loaded_host.device) if use_irm else None
+    check_prompt_lengths(loaded_host, prompt, max_new_tokens=max_new_tokens, chat=chat)
+    model = load_adapter(irm, loaded_host, check_host=not force, device=loaded_host.device) if use_irm else None
     options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed, chat=chat)
     outputs: dict[str, list[str]] = {}
     if compare or not use_irm:
@@ -104,9 +106,42 @@ def generate(
     console.print(table)
 
 
+def check_prompt_lengths(loaded_host, prompts: list[str], *, max_new_tokens: int, chat: bool) -> None:
+    """Refuse prompts that, with the tokens to generate, do not fit in the host's context."""
+    context = loaded_host.context_length
+    if not context:
+        return
+    from .generation import encode_prompts
+
+    lengths = encode_prompts(loaded_host, prompts, chat=chat)["attention_mask"].sum(dim=1).tolist()
+    for i, n in enumerate(lengths):
+        if n + max_new_tokens > context:
+            room = context - n
+            raise IRMError(
+                f"prompt {i + 1} is {n} tokens long; with --max-new-tokens {max_new_tokens} it needs {n + max_new_tokens} "
+                f"positions, more than host {loaded_host.name}'s context of {context}",
+                hint=(f"lower --max-new-tokens to {room} or " if room >= 1 else "") + "shorten the prompt",
+            )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
+    max_steps: Annotated[int, typer.Option(help="Training steps (about 10 s each on a 2-core CPU).")] = 40,
+) -> None:
+    """The main job on the embedded SmolLM2: train a short IRM on builtin:anger, compare
+    generations, evaluate, record and analyse its outputs, and write the HTML report."""
+    from .demo import DemoSettings, run_demo
+
+    page = run_demo(DemoSettings(out=out, max_steps=max_steps))
+    print(f"report: {page.resolve()}")
+
+
 def _register_subcommands() -> None:
-    from . import cli_data, cli_train  # noqa: F401  (register their commands)
+    from . import cli_data, cli_report, cli_sweep, cli_train  # noqa: F401  (register their commands)
     from . import cli_reference  # noqa: F401
+    from . import cli_eval, cli_steer  # noqa: F401
+    from . import cli_analysis  # noqa: F401
 
 
 def main() -> None:
@@ -120,7 +155,8 @@ def main() -> None:
     except IRMError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        # soft_wrap: no hard line breaks inside paths when stderr is not a terminal
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err_console.print(f"[bold]fix:[/] {exc.hint}", highlight=False)
+            err_console.print(f"[bold]fix:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -178,6 +178,21 @@ def read_rows(source: str | Path, *, limit: int | None = None) -> list[Row]:
     return rows[:limit] if limit else rows
 
 
+def read_pairs(source: str | Path) -> tuple[list[Row], list[Row]]:
+    """Contrastive pairs from a toned data file with a ``source_answer`` column (the
+    neutral answer each toned answer was made from, as in the built-in emotion sets):
+    ``(toned rows, neutral rows)``, the same questions in the same order."""
+    path = resolve_data_path(source)
+    records, _ = _records(path)
+    if not records or "source_answer" not in records[0]:
+        raise DataError(f"{path}: no 'source_answer' column to pair each answer with", hint="pass a neutral data file instead")
+    pairs = [(_text(r.get("question")), _text(r.get("answer")), _text(r.get("source_answer")), int(r["__line__"])) for r in records]
+    pairs = [p for p in pairs if all(p[:3])]
+    if not pairs:
+        raise DataError(f"{path}: no row has a question, an answer and a source_answer")
+    return ([Row(line=n, question=q, answer=a) for q, a, _, n in pairs], [Row(line=n, question=q, answer=s) for q, _, s, n in pairs])
+
+
 def read_prompts(source: str | Path, *, limit: int | None = None) -> list[str]:
     """The prompts of a file with a ``question``, ``prompt`` or ``text`` column (e.g.
     ``builtin:prompts``; a question/answer file gives its questions), empty ones skipped."""

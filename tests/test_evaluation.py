@@ -1,0 +1,293 @@
+"""Evaluation: text metrics on hand-made texts, the bootstrap on a known distribution,
+perplexity and drift against by-hand computations, steering vectors, `irm evaluate`, and
+the anger IRM on the real SmolLM2 beating the host beyond the confidence interval."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import nontrivial_irm
+
+import irm
+from irm.adapters import adapter_kind, load_adapter
+from irm.config import IRMConfig
+from irm.data import Row, builtin_dir, read_pairs, read_prompts
+from irm.evaluation import HOST, evaluate, resolve_emotion, target_emotion, write_report
+from irm.metrics import bootstrap_ci, continuation_perplexity, distinct_n, prompt_ids, prompt_kl, repetition_rate
+from irm.scoring import EmotionScore
+from irm.steering import SteeringVector, fit_steering_vector, mean_answer_states, steering_config
+
+IRM_BIN = str(Path(sys.executable).parent / "irm")
+PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]
+
+
+# ---------------------------------------------------------------- text metrics
+def test_distinct_n_on_hand_made_texts():
+    texts = ["a b a b", "A b c"]  # words: a b a b | a b c
+    assert distinct_n(texts, 1) == pytest.approx(3 / 7)  # {a, b, c} of 7 words
+    assert distinct_n(texts, 2) == pytest.approx(3 / 5)  # {ab, ba, bc} of ab ba ab | ab bc
+    assert distinct_n(["Hello, hello!"], 1) == pytest.approx(3 / 4)  # hello , hello !
+    assert distinct_n(["one two three"], 1) == 1.0
+    assert distinct_n(["", "word"], 2) == 0.0  # no bigram at all
+
+
+def test_repetition_rate_on_hand_made_texts():
+    assert repetition_rate("one two three four five six") == 0.0
+    # 4-grams: 1234 2341 3412 4123 1234 -> one of five repeats an earlier one
+    assert repetition_rate("one two three four one two three four") == pytest.approx(1 / 5)
+    assert repetition_rate("ha ha ha ha ha ha") == pytest.approx(2 / 3)  # three 4-grams, all the same
+    assert repetition_rate("too short") == 0.0
+    assert repetition_rate("a b a b", n=1) == pytest.approx(1 / 2)
+
+
+def test_bootstrap_interval_on_a_known_distribution():
+    rng = np.random.default_rng(0)
+    sample = rng.normal(2.0, 1.0, size=400)
+    mean, lo, hi = bootstrap_ci(sample, seed=1)
+    assert mean == pytest.approx(sample.mean())
+    assert lo < 2.0 < hi
+    assert hi - lo == pytest.approx(2 * 1.96 / math.sqrt(400), rel=0.15)  # the normal-theory width
+    # Over many samples the 95% interval covers the true mean about 95% of the time.
+    covered = [lo < 2.0 < hi for lo_hi in range(200) for _, lo, hi in [bootstrap_ci(rng.normal(2.0, 1.0, 60), n_boot=400, seed=lo_hi)]]
+    assert 0.88 <= np.mean(covered) <= 0.99
+    # NaNs are left out; a constant sample has a zero-width interval; a statistic of the whole sample
+    assert bootstrap_ci([1.0, float("nan"), 3.0], n_boot=50).mean == 2.0
+    assert tuple(bootstrap_ci([0.5] * 10)) == (0.5, 0.5, 0.5)
+    assert tuple(bootstrap_ci(["a a", "a a"], statistic=lambda ts: distinct_n(ts, 1))) == (0.25, 0.25, 0.25)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+
+
+# ---------------------------------------------------------------- host metrics
+def test_continuation_perplexity_matches_a_by_hand_computation(tiny_llama):
+    host = tiny_llama
+    conts = [[40, 41, 42, 43], [100, 7], []]
+    ppl = continuation_perplexity(host, PROMPTS, conts, batch_size=2)
+    for prompt, cont, got in zip(PROMPTS, conts, ppl):
+        if not cont:
+            assert math.isnan(got)
+            continue
+        head = prompt_ids(host, [prompt])[0]
+        with torch.no_grad():
+            logits = host.model(input_ids=torch.tensor([head + cont])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        nll = -sum(logp[len(head) - 1 + t, tok].item() for t, tok in enumerate(cont)) / len(cont)
+        assert got == pytest.approx(math.exp(nll), rel=1e-4)
+    # the prompt is context only: the same continuation after another prompt scores differently
+    assert continuation_perplexity(host, PROMPTS[1:2], conts[:1])[0] != pytest.approx(ppl[0], rel=1e-6)
+    with irm.attach(host, nontrivial_irm(host)), pytest.raises(irm.IRMError, match="not the bare host"):
+        continuation_perplexity(host, PROMPTS[:1], conts[:1])
+
+
+def test_prompt_kl_is_zero_for_a_zero_irm_and_matches_by_hand(tiny_llama):
+    host = tiny_llama
+    assert prompt_kl(host, irm.IRM.for_host(host), PROMPTS) == [0.0, 0.0, 0.0]
+    net = nontrivial_irm(host, scale=4.0)
+    kl = prompt_kl(host, net, PROMPTS, strength=0.5)
+    ids = torch.tensor([prompt_ids(host, [PROMPTS[2]])[0]])
+    with torch.no_grad():
+        bare = torch.log_softmax(host.model(input_ids=ids).logits[0].float(), -1)
+        with irm.attach(host, net, strength=0.5):
+            steered = torch.log_softmax(host.model(input_ids=ids).logits[0].float(), -1)
+    by_hand = (steered.exp() * (steered - bare)).sum(-1).mean().item()  # KL(steered || bare)
+    assert kl[2] == pytest.approx(by_hand, rel=1e-4) and by_hand > 0
+
+
+# ---------------------------------------------------------------- steering vectors
+def _vector(host, layers, site, values):
+    return SteeringVector(steering_config(host, layers, site), values)
+
+
+def test_zero_steering_vector_leaves_logits_exact(tiny_llama):
+    enc = irm.generation.encode_prompts(tiny_llama, PROMPTS)
+    with torch.no_grad():
+        bare = tiny_llama.model(**enc).logits
+        for site in irm.SITES:
+            with irm.attach(tiny_llama, _vector(tiny_llama, [0, 1], site, torch.zeros(tiny_llama.hidden_size, 2))):
+                assert torch.equal(tiny_llama.model(**enc).logits, bare)
+
+
+@pytest.mark.parametrize("site", irm.SITES)
+def test_steering_vector_equals_adding_it_by_hand(tiny_llama, site):
+    host = tiny_llama
+    v = torch.randn(host.hidden_size, generator=torch.Generator().manual_seed(0))
+    block = host.spec.layers(host.model)[1]
+    if site == "resid_pre":
+        hook = block.register_forward_pre_hook(lambda m, a, kw: ((a[0] + 2 * v, *a[1:]), kw) if a else (a, {**kw, "hidden_states": kw["hidden_states"] + 2 * v}), with_kwargs=True)
+    elif site == "resid_post":
+        hook = block.register_forward_hook(lambda m, a, out: (out[0] + 2 * v, *out[1:]) if isinstance(out, tuple) else out + 2 * v)
+    else:  # resid_mid: next to the attention branch
+        hook = host.spec.branch_module(block).register_forward_hook(lambda m, a, out: (out[0] + 2 * v, *out[1:]))
+    enc = irm.generation.encode_prompts(host, PROMPTS)
+    with torch.no_grad():
+        by_hand = host.model(**enc).logits
+        hook.remove()
+        with irm.attach(host, _vector(host, [1], site, v[:, None]), strength=2.0):
+            attached = host.model(**enc).logits
+        bare = host.model(**enc).logits
+    assert not torch.allclose(by_hand, bare)
+    torch.testing.assert_close(attached, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_steering_vector_is_the_mean_difference_of_answer_states():
+    host = irm.load_host("tiny-random-llama", device="cpu")  # own copy: output_hidden_states leaves hooks behind
+    angry = [Row(line=i, question=f"Question {i}?", answer="I am FURIOUS about this, seriously!") for i in range(5)]
+    calm = [Row(line=i, question=f"Question {i}?", answer="The answer is four.") for i in range(5)]
+    assert torch.equal(fit_steering_vector(host, calm, calm, "0,2").vectors, torch.zeros(host.hidden_size, 2))
+    # resid_pre of layer k is hidden_states[k] of transformers' own output: check the mean by hand
+    ex = irm.data.tokenize_rows(angry[:1], host.tokenizer, max_length=128)[0][0]
+    keep = torch.tensor(ex.labels) != irm.data.IGNORE_INDEX
+    with torch.no_grad():
+        states = host.model(input_ids=torch.tensor([ex.input_ids]), output_hidden_states=True).hidden_states
+    got = mean_answer_states(host, angry[:1], [0, 2], "resid_pre")
+    torch.testing.assert_close(got[:, 1], states[2][0][keep].mean(0), rtol=1e-5, atol=1e-5)
+    vec = fit_steering_vector(host, angry, calm, "2", extra={"target": "builtin:anger"})
+    assert vec.config.layers == [2] and vec.vectors.abs().sum() > 0 and target_emotion(vec.config) == "anger"
+
+
+
+def test_read_pairs_gives_contrastive_pairs(tmp_path):
+    toned, neutral = read_pairs(_toned_file(tmp_path / "t.csv", n=3))
+    assert [r.question for r in toned] == [r.question for r in neutral] == ["Question 0?", "Question 1?", "Question 2?"]
+    assert toned[1].answer == "I am furious!! It is 1." and neutral[1].answer == "It is 1."
+    plain = tmp_path / "plain.csv"
+    plain.write_text("question,answer\nQ?,A.\n")
+    with pytest.raises(irm.DataError, match="source_answer"):
+        read_pairs(plain)
+
+
+def test_steering_vector_save_load_round_trip(tiny_llama, tmp_path):
+    vec = _vector(tiny_llama, [0, 2], "resid_post", torch.randn(tiny_llama.hidden_size, 2))
+    vec.save_pretrained(tmp_path / "vec")
+    back = load_adapter(tmp_path / "vec", tiny_llama)
+    assert isinstance(back, SteeringVector) and torch.equal(back.vectors, vec.vectors)
+    assert back.config == vec.config and adapter_kind(back.config) == "steering"
+    with pytest.raises(irm.IRMError, match="not an IRM"):
+        irm.IRM.from_pretrained(tmp_path / "vec")
+    with pytest.raises(irm.IRMMismatchError):
+        load_adapter(tmp_path / "vec", irm.load_host("tiny-random-gpt2", device="cpu"))
+    irm.IRM.for_host(tiny_llama, "1", rank=2).save_pretrained(tmp_path / "low")
+    low = load_adapter(tmp_path / "low", tiny_llama)
+    assert isinstance(low, irm.IRM) and adapter_kind(low.config) == "low-rank irm"
+
+
+def test_target_emotion_from_the_config(tiny_llama):
+    config = irm.IRM.for_host(tiny_llama).config
+    assert target_emotion(config) is None
+    for extra, want in [({"data": "builtin:anger"}, "anger"), ({"data": "/x/joy_rows.csv"}, "joy"),
+                        ({"target": "builtin:sadness"}, "sadness"), ({"data": "builtin:anger", "emotion": "joy"}, "joy"),
+                        ({"data": "builtin:neutral"}, None)]:
+        assert target_emotion(IRMConfig.from_dict({**config.to_dict(), "extra": extra})) == want
+    angry, calm = (IRMConfig.from_dict({**config.to_dict(), "extra": {"data": d}}) for d in ("builtin:anger", "builtin:joy"))
+    named = lambda *configs: {str(i): type("A", (), {"config": c})() for i, c in enumerate(configs)}  # noqa: E731
+    assert resolve_emotion(named(config, angry)) == "anger" and resolve_emotion(named(angry, calm), "joy") == "joy"
+    for confusing in (named(config), named(angry, calm)):
+        with pytest.raises(irm.IRMError, match="--emotion|target emotion"):
+            resolve_emotion(confusing)
+
+
+# ---------------------------------------------------------------- evaluate
+class KeywordScorer:
+    """A stand-in scorer: anger is the share of characters that are 'x'."""
+
+    def score(self, texts):
+        out = []
+        for t in texts:
+            a = t.count("x") / max(1, len(t))
+            out.append(EmotionScore(probs={"anger": a, "sadness": 0.0, "joy": 0.0, "neutral": 1 - a}, valence=-a))
+        return out
+
+
+def test_evaluate_shares_seeds_and_reports_every_metric(tiny_llama, tmp_path):
+    host = tiny_llama
+    adapters = {"zero": irm.IRM.for_host(host), "random": nontrivial_irm(host, scale=4.0)}
+    report = evaluate(host, adapters, PROMPTS, target="anger", strengths=[0, 1, 2], samples=2, max_new_tokens=10, n_boot=200, scorer=KeywordScorer())
+    assert [c.name for c in report.conditions] == ["host", "zero x1", "zero x2", "random x1", "random x2"]
+    host_row, zero = report.get(HOST), report.get("zero", 1.0)
+    texts = lambda name: [g["text"] for g in report.generations if g["condition"] == name]  # noqa: E731
+    assert len(texts("host")) == 6 and texts("zero x1") == texts("host")  # same seeds, same decoding
+    assert texts("random x2") != texts("host")
+    assert zero.metrics == {**host_row.metrics, "drift": zero.metrics["drift"]} and zero.metrics["drift"].mean == 0.0
+    assert host_row.metrics["target_gain"] == (0.0, 0.0, 0.0) and report.get("random", 2.0).metrics["drift"].mean > 0
+    for c in report.conditions:
+        for mean, lo, hi in c.metrics.values():
+            assert lo <= mean + 1e-9 and mean <= hi + 1e-9
+    curve = report.curves()["random"]
+    assert [p["strength"] for p in curve] == [0.0, 1.0, 2.0]
+    files = write_report(report, tmp_path / "out")
+    data = json.loads(files["report.json"].read_text())
+    assert data["target_emotion"] == "anger" and len(data["conditions"]) == 5 and "curves" in data
+    assert files["report.csv"].read_text().splitlines()[0].startswith("condition,adapter,kind,strength,target_mean,target_lo")
+    assert files["curve.png"].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(irm.IRMError, match="samples"):
+        evaluate(host, adapters, PROMPTS, target="anger", greedy=True, samples=2, scorer=KeywordScorer())
+
+
+def _toned_file(path: Path, n: int = 8) -> Path:
+    path.write_text("question,answer,source_answer\n" + "".join(f"Question {i}?,I am furious!! It is {i}.,It is {i}.\n" for i in range(n)))
+    return path
+
+
+def test_cli_steer_fit_and_evaluate_compare_in_one_table(tiny_llama, tmp_path):
+    nontrivial_irm(tiny_llama, seed=1).save_pretrained(tmp_path / "paper")
+    nontrivial_irm(tiny_llama, seed=2, rank=4).save_pretrained(tmp_path / "lowrank")
+    angry = _toned_file(tmp_path / "anger_rows.csv")  # paired with its source_answer column by default
+    fit = subprocess.run([IRM_BIN, "steer", "fit", "--host", "tiny-random-llama", "--target", str(angry), "--layers", "1",
+                          "--out", str(tmp_path / "steer"), "--json"], capture_output=True, text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr
+    summary = json.loads(fit.stdout)
+    assert summary["layers"] == [1] and summary["target_rows"] == summary["neutral_rows"] == 8
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("question\n" + "".join(f"Prompt {i}?\n" for i in range(4)))
+    args = [IRM_BIN, "evaluate", "--host", "tiny-random-llama", "--irm", f"paper={tmp_path / 'paper'}", "--irm", str(tmp_path / "lowrank"),
+            "--irm", f"steer={tmp_path / 'steer'}", "--prompts", str(prompts), "--strength", "0,1", "--max-new-tokens", "8",
+            "--out", str(tmp_path / "eval")]
+    result = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    kinds = {c["name"]: c["kind"] for c in data["conditions"]}
+    assert kinds == {"host": "host", "paper x1": "irm", "lowrank x1": "low-rank irm", "steer x1": "steering"}
+    assert data["target_emotion"] == "anger"  # named by the steering vector's --target file; the IRMs name none
+    assert set(data["curves"]) == {"paper", "lowrank", "steer"}
+    assert all((tmp_path / "eval" / f).is_file() for f in ("report.json", "report.csv", "generations.jsonl", "curve.png"))
+
+
+# ---------------------------------------------------------------- real SmolLM2
+# A short recipe: 24 Adam steps of 8 rows at lr 2e-3, the paper's IRM injecting at layers
+# 20-29 only (so the backward pass stops at layer 20), rows cut to 64 tokens (the chat
+# prompt is ~47 of them, so the loss sees the start of the answer, where the tone is set).
+ANGER_RECIPE = dict(layers="20-29", lr=2e-3, max_steps=24, batch_size=8, max_length=64)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine two threads spin-wait on each other and
+    generation runs several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, one_thread):
+    if not (builtin_dir() / "anger.csv").is_file():
+        pytest.skip("builtin:anger (src/irm/datasets/anger.csv) is not built yet")
+    from irm.train_config import TrainConfig
+    from irm.training import train
+
+    config = TrainConfig(data="builtin:anger", val_fraction=0.0, test_fraction=0.0, checkpoint_every=10**6, precision="32-true",
+                         out=str(tmp_path / "run"), **ANGER_RECIPE)
+    net = load_adapter(train(config, progress=False).irm_dir, smollm2)
+    assert target_emotion(net.config) == "anger"
+    report = evaluate(smollm2, {"anger": net}, read_prompts("builtin:prompts", limit=24), target="anger", max_new_tokens=32)
+    off, on = report.get(HOST).metrics, report.get("anger", 1.0).metrics
+    show = lambda e: f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
+    print(f"\np(anger) off {show(off['target'])}, on {show(on['target'])}, paired gain {show(on['target_gain'])}; "
+          f"perplexity off {show(off['perplexity'])}, on {show(on['perplexity'])}")
+    assert on["target"].lo > off["target"].hi  # the intervals do not even overlap
+    assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
