@@ -104,14 +104,14 @@ def analyse(run: Path, settings: DemoSettings) -> object:
 def ablate_dominant(run: Path, settings: DemoSettings, emotion: str = "anger") -> Path:
     """Zero the IRM's dominant indices against as many random ones (RUN/ablation)."""
     from .ablation import ablate, dominant_indices
-    from .data import read_rows
+    from .data import read_prompts
     from .hosts import load_host
     from .model import IRM
     from .scoring import EmotionScorer
 
     host = load_host(settings.host)
     irm = IRM.from_pretrained(run / "irm", host, device=host.device)
-    prompts = [r.question for r in read_rows("builtin:prompts")][-12:]
+    prompts = read_prompts("builtin:prompts")[-12:]
     options = dict(max_new_tokens=min(24, settings.max_new_tokens))
     indices = dominant_indices(host, irm, prompts[:4], 3, **options)
     result = ablate(host, irm, indices, prompts, draws=3, scorer=EmotionScorer(), target=emotion, **options)
@@ -125,13 +125,13 @@ def ablate_dominant(run: Path, settings: DemoSettings, emotion: str = "anger") -
 def evaluate_run(run: Path, settings: DemoSettings, emotion: str = "anger") -> object:
     """IRM off vs on at strengths 1 and 2 on held-out prompts, with intervals (RUN/eval)."""
     from .adapters import load_adapter
-    from .data import read_rows
+    from .data import read_prompts
     from .evaluation import evaluate, write_report
     from .hosts import load_host
 
     host = load_host(settings.host)
     adapter = load_adapter(run / "irm", host)
-    prompts = [r.question for r in read_rows("builtin:prompts")][: settings.eval_prompts]
+    prompts = read_prompts("builtin:prompts")[: settings.eval_prompts]
     report = evaluate(host, {"irm": adapter}, prompts, target=emotion, strengths=(1.0, 2.0),
                       max_new_tokens=settings.max_new_tokens, seed=0)
     return write_report(report, run / "eval")
