@@ -249,3 +249,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
     tiny_llama.model.gradient_checkpointing_disable()
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_chunked_frozen_head_loss_equals_cross_entropy():
+    from irm.lightning_module import FrozenHeadCrossEntropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(600, 32, requires_grad=True)  # more rows than one chunk
+    weight = torch.randn(1000, 32)
+    target = torch.randint(0, 1000, (600,))
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.t(), target, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref * 0.5, hidden)
+    got = FrozenHeadCrossEntropy.apply(hidden, weight, target)
+    (got_grad,) = torch.autograd.grad(got * 0.5, hidden)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(got_grad, ref_grad, atol=1e-5)
+    with torch.no_grad():
+        assert FrozenHeadCrossEntropy.apply(hidden, weight, target).item() == pytest.approx(ref.item(), rel=1e-5)
