@@ -21,6 +21,7 @@ from .attach import attach
 from .errors import IRMError
 from .generation import Generation, generate
 from .hosts import Host
+from .metrics import distinct_n
 from .model import IRM
 
 
@@ -57,14 +58,9 @@ def check_indices(indices: Sequence[int], hidden_size: int) -> list[int]:
     return chosen
 
 
-def distinct_2(texts: Sequence[str]) -> float:
-    bigrams = [pair for t in texts for pair in zip(t.lower().split(), t.lower().split()[1:])]
-    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
-
-
 def text_metrics(gens: Sequence[Generation], scorer: Any | None) -> dict[str, float]:
     texts = [g.text for g in gens]
-    metrics = {"mean_tokens": float(np.mean([len(g.token_ids) for g in gens])), "distinct_2": distinct_2(texts)}
+    metrics = {"mean_tokens": float(np.mean([len(g.token_ids) for g in gens])), "distinct_2": distinct_n(texts, 2)}
     if scorer is not None:
         scores = scorer.score(texts)
         for label in scores[0].probs:
