@@ -208,10 +208,10 @@ def _raw_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _write(out: Path, text: str) -> Path:
+    from .files import atomic_write
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, text.encode("utf-8"))
     return out
 
 

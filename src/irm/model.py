@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from torch import Tensor, nn
 
 from .config import CONFIG_NAME, IRMConfig
 from .errors import IRMError, IRMMismatchError, writing
+from .files import atomic_write_all
 from .layerspec import parse_layers
 
 WEIGHTS_NAME = "model.safetensors"
@@ -119,7 +118,7 @@ class IRM(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         config_bytes = (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8")
         # both files are complete on disk before either replaces an older one
-        _atomic_write_all([(directory / WEIGHTS_NAME, lambda p: _save_safetensors(state, p)), (directory / CONFIG_NAME, config_bytes)])
+        atomic_write_all([(directory / WEIGHTS_NAME, lambda p: _save_safetensors(state, p)), (directory / CONFIG_NAME, config_bytes)])
         return directory
 
     @classmethod
@@ -182,37 +181,3 @@ def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
         if found is None:
             raise
         raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
-
-
-def _atomic_write(path: Path, data: bytes | Callable[[Path], Any]) -> None:
-    """Write ``data`` (bytes, or a function that writes a given path) atomically to ``path``."""
-    _atomic_write_all([(path, data)])
-
-
-def _atomic_write_all(items: list[tuple[Path, bytes | Callable[[Path], Any]]]) -> None:
-    """Write every file to a temporary name next to it and fsync it; only when all are
-    written, rename them into place. A crash or a full disk leaves the old files (or none),
-    never half a file or a mix, and no temporary file behind; an ``OSError`` becomes an
-    :class:`IRMError` that says what happened (see :func:`irm.errors.writing`)."""
-    tmps: list[str] = []
-    try:
-        for path, data in items:
-            with writing(path):
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-                tmps.append(tmp)
-                with os.fdopen(fd, "wb") as fh:
-                    if isinstance(data, (bytes, bytearray, memoryview)):
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                if not isinstance(data, (bytes, bytearray, memoryview)):
-                    data(Path(tmp))
-                    with open(tmp, "rb") as fh:
-                        os.fsync(fh.fileno())
-        for (path, _), tmp in zip(items, tmps):
-            with writing(path):
-                os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps:
-            Path(tmp).unlink(missing_ok=True)
-        raise

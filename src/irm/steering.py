@@ -26,7 +26,8 @@ from .config import CONFIG_NAME, IRMConfig
 from .data import IGNORE_INDEX, Row, collate, tokenize_rows
 from .errors import IRMError, IRMMismatchError, writing
 from .layerspec import parse_layers
-from .model import WEIGHTS_NAME, _atomic_write
+from .files import atomic_write
+from .model import WEIGHTS_NAME
 
 KIND = "steering"
 
@@ -58,8 +59,8 @@ class SteeringVector(nn.Module):
         with writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
         state = {"vectors": self.vectors.detach().contiguous().cpu()}
-        _atomic_write(directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8"))
+        atomic_write(directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8"))
         return directory
 
     @classmethod

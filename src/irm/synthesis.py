@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import FORMATS, Row
-from .errors import DataError, IRMError, writing
+from .errors import DataError, IRMError
 from .scoring import LABELS, EmotionScore, EmotionScorer
 
 TONE = {
@@ -205,20 +205,15 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
     kind = FORMATS.get(out.suffix.lower())
     if kind is None:
         raise DataError(f"{out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
-    tmp = out.with_name(f".{out.name}.tmp")
+    from .files import atomic_write
+
     frame_ = pd.DataFrame(rows)
-    with writing(out):  # a full disk becomes a clear error and leaves no temporary file
-        try:
-            if kind == "csv":
-                frame_.to_csv(tmp, index=False)
-            elif kind == "jsonl":
-                frame_.to_json(tmp, orient="records", lines=True, force_ascii=False)
-            else:
-                frame_.to_parquet(tmp, index=False)
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    writers = {
+        "csv": lambda p: frame_.to_csv(p, index=False),
+        "jsonl": lambda p: frame_.to_json(p, orient="records", lines=True, force_ascii=False),
+        "parquet": lambda p: frame_.to_parquet(p, index=False),
+    }
+    atomic_write(out, writers[kind])  # a full disk becomes a clear error and leaves no temporary file
 
 
 def synthesize(
