@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # full CPU run (a few minutes)
     python benchmarks/run.py --quick         # seconds; what the test suite runs
     python benchmarks/run.py --only generation --out benchmarks/results
+    python benchmarks/run.py --only large    # Llama-2-7B-shaped host; needs a CUDA GPU
 
 Every comparison is measured in one process, interleaved (A B C A B C ...), and reported
 as the median time ratio, so machine noise hits every condition alike.
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import irm  # noqa: E402
 import irm.generation  # noqa: E402
 from irm.data import Row, collate, tokenize_rows  # noqa: E402
-from irm.flops import host_forward_flops, irm_flops  # noqa: E402
+from irm.flops import host_forward_flops, irm_flops, training_flops  # noqa: E402
 from irm.lightning_module import target_loss  # noqa: E402
 
 GEN_PROMPTS = [
@@ -185,6 +186,160 @@ def bench_training_smollm2(steps: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- large hosts
+# Llama-2-7B's shape (random weights: the speed of a forward pass does not depend on them).
+LARGE_SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    # the same code path in seconds on a CPU, for the test suite
+    "tiny": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=1000, max_position_embeddings=1024),
+}
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the
+# device name in this order; --peak-tflops overrides.
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("B200", 2250.0),
+                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0)]
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def _large_host(shape: str, device: torch.device, dtype: torch.dtype) -> irm.Host:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from irm.tiny_hosts import byte_tokenizer
+
+    config = LlamaConfig(**LARGE_SHAPES[shape])
+    with device, torch.random.fork_rng(devices=[]):  # allocate straight on the device
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return irm.Host(model=model, tokenizer=byte_tokenizer(), name=f"llama-{shape}-shaped", spec=irm.resolve_architecture(model))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _large_training(host: irm.Host, net: irm.IRM, seq: int, batch: int, steps: int, peak: float | None) -> dict:
+    device = next(host.model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=next(host.model.parameters()).dtype == torch.bfloat16)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    gen = torch.Generator().manual_seed(seq)
+    ids = torch.randint(3, host.model.config.vocab_size, (batch, seq), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = 0.0
+    with irm.attach(host, net):
+        for i in range(steps + 2):  # two warm-up steps
+            _sync(device)
+            start = time.perf_counter()
+            with autocast:
+                nll, count = target_loss(host.model, ids, mask, ids)
+            (nll / count).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            if i >= 2:
+                seconds += time.perf_counter() - start
+    tokens_per_second = batch * seq * steps / seconds
+    flops_per_token = training_flops(host.model.config, net.config, context=(seq + 1) // 2)  # causal: seq/2 keys on average
+    achieved = tokens_per_second * flops_per_token
+    return {
+        "seq": seq, "batch": batch, "steps": steps, "seconds_per_step": seconds / steps, "tokens_per_second": tokens_per_second,
+        "flops_per_token": flops_per_token, "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / (peak * 1e12) if peak else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def _large_generation(host: irm.Host, nets: dict[str, irm.IRM], batch: int, prompt_len: int, new_tokens: int, reps: int) -> dict:
+    device = next(host.model.parameters()).device
+    ids = torch.randint(3, host.model.config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(batch)).to(device)
+    mask = torch.ones_like(ids)
+
+    def gen() -> None:
+        with torch.no_grad():
+            host.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                do_sample=False, pad_token_id=0)
+        _sync(device)
+
+    handles = {name: irm.attach(host, net) for name, net in nets.items()}
+    for h in handles.values():
+        h.disable()
+
+    def switched(name: str | None) -> Callable[[], None]:
+        def run() -> None:
+            if name is not None:
+                handles[name].enable()
+            try:
+                gen()
+            finally:
+                if name is not None:
+                    handles[name].disable()
+        return run
+
+    fns: dict[str, Callable[[], object]] = {"bare": gen, "irm_off": switched(None)}
+    fns.update({f"{name}_on": switched(name) for name in nets})
+    try:
+        times = interleaved(fns, reps)
+    finally:
+        for h in handles.values():
+            h.remove()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"batch": batch, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "reps": reps,
+            "tokens_per_second": {k: batch * new_tokens / v for k, v in med.items()},
+            "ratio_vs_bare": {k: v / med["bare"] for k, v in med.items()}}
+
+
+def bench_large(shape: str, device: torch.device, *, seqs: tuple[int, ...], train_batch: int, steps: int,
+                gen_batches: tuple[int, ...], new_tokens: int, reps: int, rank: int, peak: float | None) -> dict:
+    """A Llama-2-7B-shaped host in bf16 (fp32 on a CPU) with the paper IRM on all layers and a
+    low-rank IRM: training tokens/s, peak memory and MFU per sequence length; generation
+    tokens/s with the IRM off and on per batch size."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    host = _large_host(shape, device, dtype)
+    out: dict = {"shape": shape, "host_config": LARGE_SHAPES[shape], "host_dtype": str(dtype).replace("torch.", ""),
+                 "irm_dtype": "float32 (bf16 autocast)" if dtype == torch.bfloat16 else "float32",
+                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "peak_tflops": peak, "training": {}, "generation": {}}
+    variants = {"paper": None, f"lowrank_r{rank}": rank}
+    nets: dict[str, irm.IRM] = {}
+    for name, r in variants.items():
+        with device:
+            net = irm.IRM.for_host(host, "all", rank=r, output_init="default", seed=0)
+        with torch.no_grad():
+            net.output_layer.weight.mul_(1e-3)  # on but mild, as in the CPU generation benchmark
+        nets[name] = net
+        out["training"][name] = {"irm_parameters": sum(p.numel() for p in net.parameters()), "runs": []}
+        for seq in seqs:
+            try:
+                result = _large_training(host, net, seq, train_batch, steps, peak)
+            except RuntimeError as exc:
+                if not _is_oom(exc):
+                    raise
+                result = {"seq": seq, "batch": train_batch, "error": "out of memory"}
+            out["training"][name]["runs"].append(result)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    for batch in gen_batches:
+        out["generation"][str(batch)] = _large_generation(host, nets, batch, prompt_len=32, new_tokens=new_tokens, reps=reps)
+    return out
+
+
 def markdown(results: dict) -> str:
     lines = [f"# irm benchmarks ({results['meta']['date']}, {results['meta']['device']}, torch {results['meta']['torch']})", ""]
     if "generation" in results:
@@ -204,6 +359,24 @@ def markdown(results: dict) -> str:
                   f"| pad every batch to 128 (published) | {s['pad_to_max_length']['real_tokens_per_second']:.0f} |",
                   f"| pad to longest, length-grouped (irm) | {s['pad_to_longest_grouped']['real_tokens_per_second']:.0f} |",
                   "", f"speed-up {s['speedup']:.2f}x (mean length {s['mean_length']:.1f} tokens)", ""]
+    if "large" in results:
+        g = results["large"]
+        lines += [f"## {g['shape']}-shaped Llama host ({g['host_dtype']}) on {g['device_name']}", "",
+                  "| IRM | parameters | seq | batch | tokens/s | achieved TFLOP/s | MFU | peak memory (GiB) |", "|---|---|---|---|---|---|---|---|"]
+        for name, t in g["training"].items():
+            for r in t["runs"]:
+                if "error" in r:
+                    lines.append(f"| {name} | {t['irm_parameters']:,} | {r['seq']} | {r['batch']} | {r['error']} | | | |")
+                    continue
+                mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+                mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
+                lines.append(f"| {name} | {t['irm_parameters']:,} | {r['seq']} | {r['batch']} | {r['tokens_per_second']:.0f} | "
+                             f"{r['achieved_tflops']:.2f} | {mfu} | {mem} |")
+        lines += ["", "| generation batch | condition | tokens/s | time vs bare |", "|---|---|---|---|"]
+        for batch, r in g["generation"].items():
+            for k, v in r["tokens_per_second"].items():
+                lines.append(f"| {batch} | {k} | {v:.1f} | {r['ratio_vs_bare'][k]:.3f} |")
+        lines.append("")
     lines.append(f"peak RSS: {results['meta']['peak_rss_mb']:.0f} MB")
     return "\n".join(lines) + "\n"
 
@@ -211,9 +384,14 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
-    parser.add_argument("--only", choices=["generation", "training"], help="run one part")
+    parser.add_argument("--only", choices=["generation", "training", "large"], help="run one part")
     parser.add_argument("--host", default="smollm2-135m-instruct", help="host for the generation benchmark")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--large-shape", choices=sorted(LARGE_SHAPES), default=None,
+                        help="host of the large-host part (default: 7b on CUDA; tiny with --quick; skipped on a CPU otherwise)")
+    parser.add_argument("--large-batch", type=int, default=8, help="training batch of the large-host part")
+    parser.add_argument("--rank", type=int, default=64, help="rank of the low-rank IRM in the large-host part")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU (default: from its name)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.json and results.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -230,6 +408,17 @@ def main(argv: list[str] | None = None) -> dict:
         results["training_tiny"] = bench_training_tiny(steps=2 if args.quick else 10)
         if not args.quick:
             results["training_smollm2"] = bench_training_smollm2(steps=8)
+    cuda = torch.cuda.is_available()
+    shape = args.large_shape or ("tiny" if args.quick else "7b" if cuda else None)
+    if args.only in (None, "large") and shape is not None:
+        device = torch.device("cuda" if cuda else "cpu")
+        small = shape == "tiny"
+        results["large"] = bench_large(
+            shape, device, seqs=(16, 32) if small else (128, 512), train_batch=2 if small else args.large_batch,
+            steps=2 if small else 10, gen_batches=(1, 2) if small else (1, 32), new_tokens=4 if small else 64,
+            reps=2 if small else 5, rank=8 if small else args.rank, peak=peak_tflops(device, args.peak_tflops))
+    elif args.only == "large":
+        print("benchmarks: the large-host part needs a CUDA GPU (or --large-shape tiny)", file=sys.stderr)
     results["meta"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
