@@ -18,6 +18,7 @@ import irm
 from irm.data import IGNORE_INDEX, LengthGroupedBatches, Row, collate, tokenize_rows
 from irm.lightning_module import IRMTrainingModule, output_penalty, target_loss, token_loss
 from irm.train_config import TrainConfig
+from irm.training import train
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 
@@ -266,3 +267,24 @@ def test_chunked_frozen_head_loss_equals_cross_entropy():
     assert torch.allclose(got_grad, ref_grad, atol=1e-5)
     with torch.no_grad():
         assert FrozenHeadCrossEntropy.apply(hidden, weight, target).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_compiled_training_gives_the_same_irm(tmp_path):
+    """--compile traces the IRM's hooks into the compiled decoder layers; with a backend that
+    does not reorder arithmetic the trained IRM is bit-identical (inductor's fused kernels
+    round differently, so there only a tolerance would hold)."""
+    from torch._dynamo.utils import counters
+
+    data = write_qa(tmp_path / "qa.jsonl", n=24)
+    weights = []
+    counters.clear()
+    for compiled in (False, True):
+        out = tmp_path / f"run-{compiled}"
+        config = TrainConfig(host="tiny-random-llama", data=str(data), out=str(out), max_steps=3, batch_size=4,
+                             lr=1e-3, compile=compiled, compile_backend="aot_eager", output_init="default")
+        train(config, progress=False)
+        weights.append(_weights(out))
+    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"]  # layers and IRM, hooks traced inside
+    assert weights[0].keys() == weights[1].keys()  # compiling in place keeps the parameter names
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

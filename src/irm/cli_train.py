@@ -37,6 +37,7 @@ def train(
     precision: Annotated[Optional[str], Opt(help="auto, 32-true, bf16-mixed, 16-mixed ...")] = None,
     host_dtype: Annotated[Optional[str], Opt(help="Host weights: auto (bf16 on GPU), float32, bfloat16.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute host layers in backward (less memory).")] = None,
+    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the host's decoder layers and the IRM (slower first steps; off by default).")] = None,
     devices: Annotated[Optional[int], Opt(help="Processes/GPUs per node [1].")] = None,
     num_nodes: Annotated[Optional[int], Opt(help="Nodes (SLURM: see README) [1].")] = None,
     strategy: Annotated[Optional[str], Opt(help="auto, ddp or fsdp.")] = None,

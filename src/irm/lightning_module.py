@@ -104,6 +104,17 @@ def set_activation_checkpointing(model: torch.nn.Module, active: bool = True) ->
         layer.training = active
 
 
+def compile_for_training(model: torch.nn.Module, irm: torch.nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` each decoder layer of the host and the IRM, in place (parameter names
+    and checkpoints stay the same). The IRM's hooks on modules inside a layer are traced
+    into that layer's graph; layers of one shape share their compiled code."""
+    from .architectures import resolve_architecture
+
+    for layer in resolve_architecture(model).layers(model):
+        layer.compile(backend=backend)
+    irm.compile(backend=backend)
+
+
 def output_penalty(delta: Tensor, attention_mask: Tensor, kind: str) -> Tensor:
     """Mean |x| (l1) or x^2 (l2) over every element of the IRM output at real tokens, so
     its weight does not depend on batch size, length or the number of layers."""
@@ -126,6 +137,8 @@ class IRMTrainingModule(pl.LightningModule):
         self.real_tokens_seen = 0
         self._handle: IRMHandle | None = None
         self._captured: list[Tensor] = []
+        if config.compile:
+            compile_for_training(host_model, irm, config.compile_backend)
 
     # Keep the frozen host in eval mode (no dropout) whatever Lightning asks.
     def train(self, mode: bool = True) -> IRMTrainingModule:

@@ -71,6 +71,9 @@ class TrainConfig:
     # engine
     gradient_checkpointing: bool = False
     """Recompute host layers in the backward pass instead of storing their activations."""
+    compile: bool = False
+    """torch.compile the host's decoder layers (with the IRM's hooks inside) and the IRM."""
+    compile_backend: str = "inductor"
     precision: str = "auto"
     host_dtype: str = "auto"
     devices: int = 1
