@@ -268,3 +268,63 @@ def test_smollm2_recording_round_trip(smollm2, tmp_path):
     _recorded_equals_direct(smollm2, net, rec)
     summary = analyze([save_recording(rec, tmp_path / "rec")], tmp_path / "out", AnalyzeOptions(k=5, frames=2, neutral_limit=2))
     assert summary["hidden_size"] == 576 and len(summary["top_k"]["indices"]) == 5
+
+
+def test_residual_gradients_equal_finite_differences_of_the_loss():
+    """The zero-probe gradient at (index i, layer l) is d loss / d h_l[i] summed over positions:
+    adding eps at index i of layer l at every position changes the loss by eps times it
+    (central differences on the full-logits loss)."""
+    from irm.data import Row, collate, tokenize_rows
+    from irm.gradients import residual_gradients
+    from irm.steering import SteeringVector, steering_config
+
+    host = irm.load_host("tiny-random-llama", device="cpu")
+    host.model.double()
+    rows = [Row(line=1, question="a?", answer="bcd efg"), Row(line=2, question="e?", answer="fgh ijk lmn")]
+    layers = [0, 2, 3]
+    found = residual_gradients(host, rows, layers, batch_size=1)
+    assert found.gradients.shape == (64, 3) and found.tokens > 0
+    batch = collate(tokenize_rows(rows, host.tokenizer, max_length=128)[0], host.tokenizer.pad_token_id)
+
+    def loss_with(index: int, column: int, eps: float) -> float:
+        vec = SteeringVector(steering_config(host, layers, "resid_mid"))
+        with torch.no_grad():
+            vec.vectors.data = vec.vectors.data.double()
+            vec.vectors[index, column] = eps
+        with torch.no_grad(), irm.attach(host, vec):  # in float64 throughout (the training loss's head is float32)
+            logits = host.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"))
+
+    for index, column in ((5, 0), (17, 1), (63, 2)):
+        eps = 3e-4  # LlamaRMSNorm computes in float32 even in a float64 model: smaller steps drown in its rounding
+        numeric = (loss_with(index, column, eps) - loss_with(index, column, -eps)) / (2 * eps)
+        assert found.gradients[index, column] == pytest.approx(numeric, rel=1e-3, abs=1e-6)
+    summary = found.summary(k=3)
+    assert len(summary["top_indices"]) == 3 and -1 <= summary["mean_cosine_between_layers"] <= 1
+
+
+def test_analyze_compares_with_host_gradients(tiny_llama, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"answer number {i} is here"}) + "\n" for i in range(6)))
+    net = nontrivial_irm(tiny_llama, "0,2,3", seed=3)
+    net.config.extra["data"] = str(data)
+    net.save_pretrained(tmp_path / "run" / "irm")
+    monkeypatch.setattr(sys, "argv", ["irm", "analyze", str(tmp_path / "run"), "--out", str(tmp_path / "an"), "--limit", "2",
+                                      "--max-new-tokens", "3", "--frames", "0", "--token-plots", "0", "--no-host-outliers",
+                                      "--k", "3", "--gradients", "train", "--json"])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    summary = json.loads(capsys.readouterr().out)
+    g = summary["host_gradients"]
+    assert g["data"] == str(data) and g["layers"] == [0, 2, 3] and g["tokens"] > 0
+    from irm.data import read_rows
+    from irm.gradients import residual_gradients
+
+    direct = residual_gradients(tiny_llama, read_rows(data), [0, 2, 3], max_length=64)  # all 6 rows: fewer than --gradient-rows
+    assert g["top_indices"] == direct.summary(3)["top_indices"]
+    assert g["mean_cosine_between_layers"] == pytest.approx(direct.summary(3)["mean_cosine_between_layers"], abs=1e-5)
+    assert -1 <= g["spearman_with_irm_profile"] <= 1 and "shared" in g["coincidence_with_irm"]
+    assert json.loads((tmp_path / "an" / "host_gradients.json").read_text()) == g

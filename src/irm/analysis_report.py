@@ -4,7 +4,10 @@ For one input, ``OUT/`` gets ``summary.json``, ``heatmap_mean.png`` (mean ``|out
 ``heatmap_token_P_T.png`` (signed output of single tokens), ``animation.gif`` (one frame per
 token), ``per_token.jsonl``, ``mean_abs_map.npy`` and ``host_outliers.json``. For several
 inputs each gets its own ``OUT/LABEL/`` and ``OUT/`` gets ``summary.json`` (all runs) and
-``consistency.json`` (agreement of the dominant indices, per host).
+``consistency.json`` (agreement of the dominant indices, per host). With ``gradients`` set,
+each input also gets ``host_gradients.json``: the host's training-loss gradient at the IRM's
+injection points (:mod:`irm.gradients`), how alike it is across layers, and whether its
+largest indices are the IRM's.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import coincidence, consistency, describe, index_profile, mean_abs_map, per_token_stats, striation, top_k
-from .data import read_prompts
+from .analysis import coincidence, consistency, describe, index_profile, mean_abs_map, per_token_stats, spearman, striation, top_k
+from .data import read_prompts, read_rows
 from .errors import IRMError
 from .heatmaps import save_animation, save_heatmap
 from .hosts import Host, load_host
+from .gradients import ResidualGradients, residual_gradients
 from .outliers import HostOutliers, host_outlier_dims
 from .recording import Recording, is_recording, load_recording, record, save_recording
 
@@ -38,6 +42,10 @@ class AnalyzeOptions:
     prompt_limit: int | None = 16
     max_new_tokens: int = 32
     device: str = "auto"
+    gradients: str = "none"
+    """none, train (each IRM's own training data) or question/answer data (file or builtin:NAME)."""
+    gradient_rows: int = 32
+    gradient_max_length: int = 64
 
 
 class _Hosts:
@@ -47,6 +55,7 @@ class _Hosts:
         self.options = options
         self.hosts: dict[str, Host] = {}
         self.outliers: dict[str, HostOutliers] = {}
+        self.gradients: dict[tuple[str, str, tuple[int, ...], str], ResidualGradients] = {}
 
     def host(self, name: str) -> Host:
         if name not in self.hosts:
@@ -58,6 +67,35 @@ class _Hosts:
             texts = read_prompts(self.options.neutral, limit=self.options.neutral_limit)
             self.outliers[name] = host_outlier_dims(self.host(name), texts)
         return self.outliers[name]
+
+    def residual_gradients(self, name: str, data: str, layers: Sequence[int], site: str) -> ResidualGradients:
+        key = (name, data, tuple(layers), site)
+        if key not in self.gradients:
+            rows = read_rows(data)
+            picked = np.random.default_rng(0).permutation(len(rows))[: self.options.gradient_rows]
+            self.gradients[key] = residual_gradients(self.host(name), [rows[i] for i in sorted(picked)], layers, site=site,
+                                                     max_length=self.options.gradient_max_length)
+        return self.gradients[key]
+
+
+def gradient_data(rec: Recording, choice: str) -> str | None:
+    """The data whose gradients to compare a recording's IRM with, or None."""
+    if choice == "none":
+        return None
+    if choice != "train":
+        return choice
+    data = rec.meta.get("irm_config", {}).get("extra", {}).get("data")
+    if not data:
+        raise IRMError("--gradients train: this recording's IRM does not say what it was trained on",
+                       hint="name the data instead, e.g. --gradients builtin:anger")
+    return str(data)
+
+
+def compare_gradients(grads: ResidualGradients, profile: np.ndarray, irm_top: Sequence[int], data: str, k: int) -> dict[str, Any]:
+    """The gradient map's own numbers, and how its per-index magnitude matches the IRM's."""
+    grad_profile = index_profile(np.abs(grads.gradients).T)
+    return {"data": data, **grads.summary(k), "spearman_with_irm_profile": spearman(profile, grad_profile),
+            "coincidence_with_irm": coincidence(irm_top, grad_profile, k)}
 
 
 def open_input(path: str | Path, hosts: _Hosts) -> Recording:
@@ -98,8 +136,8 @@ def _plot_rows(rec: Recording, limit: int) -> list[int]:
     return (generated or list(range(start, end)))[:limit]
 
 
-def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions,
-                      outliers: HostOutliers | None) -> tuple[dict[str, Any], np.ndarray]:
+def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outliers: HostOutliers | None,
+                      gradients: tuple[str, ResidualGradients] | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Write one recording's files to ``out``; return its summary and index profile."""
     out.mkdir(parents=True, exist_ok=True)
     layers = rec.layers
@@ -136,6 +174,11 @@ def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions,
         files.append(out / "host_outliers.json")
         summary["coincidence_with_host"] = {name: coincidence(top.indices, signal, options.k)
                                             for name, signal in outliers.signals().items()}
+    if gradients is not None:
+        data, grads = gradients
+        summary["host_gradients"] = compare_gradients(grads, profile, top.indices, data, options.k)
+        (out / "host_gradients.json").write_text(json.dumps(summary["host_gradients"], indent=2) + "\n", encoding="utf-8")
+        files.append(out / "host_gradients.json")
     summary["files"] = [str(f) for f in files]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary, profile
@@ -158,7 +201,10 @@ def analyze(inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptio
         labels.append(label)
         host_name = rec.meta["host"]["name"]
         outliers = hosts.outlier_dims(host_name) if options.host_outliers else None
-        summary, profile = analyze_recording(rec, out if len(inputs) == 1 else out / label, options, outliers)
+        data = gradient_data(rec, options.gradients)
+        site = rec.meta.get("irm_config", {}).get("site", "resid_mid")
+        grads = (data, hosts.residual_gradients(host_name, data, rec.layers, site)) if data is not None else None
+        summary, profile = analyze_recording(rec, out if len(inputs) == 1 else out / label, options, outliers, grads)
         summaries.append({"input": str(path), "label": label, **summary})
         profiles.setdefault(f"{host_name} (hidden {rec.hidden_size})", {})[label] = profile
     if len(inputs) == 1:

@@ -130,6 +130,8 @@ def analyze(
     prompts: Annotated[str, Opt(help="Prompts to record a run directory that has no RUN/record yet.")] = "builtin:prompts",
     limit: Annotated[int, Opt(min=1, help="Prompts to record for such a run directory.")] = 16,
     max_new_tokens: Annotated[int, Opt(min=1, help="Tokens to generate for such a recording.")] = 32,
+    gradients: Annotated[str, Opt(help="Compare with the host's loss gradient at the injection points on this data: none, train (each IRM's training data) or a file/builtin:NAME.")] = "none",
+    gradient_rows: Annotated[int, Opt(min=1, help="Rows (a seeded sample) for --gradients.")] = 32,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -140,12 +142,16 @@ def analyze(
     A run directory without RUN/record is first recorded (into RUN/record) on --prompts.
 
     Example: irm analyze rec/anger rec/joy runs/sadness --out analysis/
+
+    --gradients train asks why stripes appear: the host's own loss gradient at each injected
+    layer, before any IRM; if it points the same way in every layer, so will the IRM.
     """
     from .analysis_report import AnalyzeOptions
     from .analysis_report import analyze as run_analyze
 
     options = AnalyzeOptions(k=k, token_plots=token_plots, frames=frames, host_outliers=host_outliers, neutral=neutral,
-                             prompts=prompts, prompt_limit=limit, max_new_tokens=max_new_tokens, device=device)
+                             prompts=prompts, prompt_limit=limit, max_new_tokens=max_new_tokens, device=device,
+                             gradients=gradients, gradient_rows=gradient_rows)
     result = run_analyze(inputs, out, options)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -167,6 +173,12 @@ def analyze(
                 continue
             console.print(f"{run['label']}: top-{k} shared with host {signal}: {c['shared'] or 'none'} "
                           f"(chance {c['expected_by_chance']:.2f})")
+    for run in runs:
+        g = run.get("host_gradients")
+        if g:
+            console.print(f"{run['label']}: host gradient on {g['data']}: mean cosine between layers {g['mean_cosine_between_layers']:.3f}, "
+                          f"striation {g['striation']:.3f}, top indices {g['top_indices'][:5]}, "
+                          f"Spearman with the IRM's index profile {g['spearman_with_irm_profile']:.3f}")
     for host_key, report in result.get("consistency", {}).items():
         first = report["most_often_first"]
         console.print(f"{host_key}: index {first['index']} ranked first in {first['runs']} of {first['of']} runs; "
