@@ -34,4 +34,11 @@ for e in anger sadness joy; do
   [ -f runs/ablate/$e.json ] || $IRM ablate --irm $SWEEP/data-${e}_seed-1_layers-all --indices auto --k 3 --draws 3 \
     --limit 16 --max-new-tokens 32 --target $e --out runs/ablate/$e.json --json > /dev/null
 done
+# 6. Why stripes? The host's own loss gradient at the injection points, on each run's training data.
+[ -f runs/sweep_smollm2/gradients/summary.json ] || \
+  $IRM analyze $SWEEP/* --out runs/sweep_smollm2/gradients --gradients train --gradient-rows 32 --no-host-outliers \
+    --frames 0 --token-plots 0 --json > /dev/null
+
+# 7. The tables of docs/findings.md, and the small JSON files and images it quotes.
+.venv/bin/python scripts/findings_tables.py --copy
 echo "findings: done"
