@@ -288,3 +288,16 @@ def test_compiled_training_gives_the_same_irm(tmp_path):
     assert weights[0].keys() == weights[1].keys()  # compiling in place keeps the parameter names
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_warmup_ramps_the_learning_rate_then_epochs_decay_it(tmp_path):
+    data = write_qa(tmp_path / "qa.jsonl", n=40)
+    out = tmp_path / "run"
+    config = TrainConfig(host="tiny-random-llama", data=str(data), out=str(out), batch_size=8, lr=1e-3, warmup_steps=4,
+                         gamma=0.5, epochs=3, val_fraction=0.0, test_fraction=0.0, log_every=1)
+    train(config, progress=False)
+    with open(next(out.glob("logs/csv*/metrics.csv"))) as fh:
+        lrs = {int(r["step"]): float(r["lr-Adam"]) for r in csv.DictReader(fh) if r.get("lr-Adam")}
+    # 40 rows / batch 8 = 5 steps per epoch; warm-up over steps 0-3, halved after each epoch
+    expected = [1e-3 * w * 0.5 ** (s // 5) for s, w in enumerate([0.25, 0.5, 0.75] + [1.0] * 12)]
+    assert [lrs[s] for s in sorted(lrs)] == pytest.approx(expected, rel=1e-6)

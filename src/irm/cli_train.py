@@ -29,6 +29,7 @@ def train(
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many optimizer steps (-1: off).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per batch per device [8].")] = None,
     lr: Annotated[Optional[float], Opt(help="Adam learning rate [1e-4].")] = None,
+    warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up over N steps; stops the first Adam steps from overshooting at high --lr [0].")] = None,
     seed: Annotated[Optional[int], Opt(help="Seed for the split, init and data order [42].")] = None,
     max_length: Annotated[Optional[int], Opt(help="Truncate rows to this many tokens [128].")] = None,
     loss_on: Annotated[Optional[str], Opt(help="answer (default) or all tokens.")] = None,

@@ -305,8 +305,14 @@ class IRMTrainingModule(pl.LightningModule):
         params = [p for p in self.irm.parameters() if p.requires_grad]
         fused = self.device.type == "cuda"
         optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=fused or None)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.config.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        decay = {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.config.gamma), "interval": "epoch"}
+        if not self.config.warmup_steps:
+            return {"optimizer": optimizer, "lr_scheduler": decay}
+        # Both schedulers are chainable (each multiplies the current rate), so the warm-up ramp
+        # and the per-epoch decay compose.
+        warmup = {"scheduler": torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / self.config.warmup_steps,
+                                                                 total_iters=self.config.warmup_steps - 1), "interval": "step"}
+        return [optimizer], [warmup, decay]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -62,6 +62,8 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
     gamma: float = 0.85
+    warmup_steps: int = 0
+    """Ramp the learning rate linearly from lr/N to lr over the first N optimizer steps (0: off, as the paper)."""
     patience: int = 6
     seed: int = 42
     accumulate: int = 1
@@ -101,6 +103,7 @@ class TrainConfig:
             ("lr", finite(self.lr) and self.lr > 0, "must be a positive number", "1e-4"),
             ("gamma", finite(self.gamma) and 0 < self.gamma <= 1, "must be in (0, 1]", "0.85"),
             ("patience", self.patience >= 1, "must be >= 1", "6"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0", "8"),
             ("accumulate", self.accumulate >= 1, "must be >= 1", "1"),
             ("penalty", self.penalty in ("none", "l1", "l2"), "must be none, l1 or l2", "none"),
             ("penalty_weight", finite(self.penalty_weight) and self.penalty_weight >= 0, "must be a number >= 0", "1e-4"),

@@ -348,7 +348,7 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
     module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], host.tokenizer.pad_token_id)
     has_val = bool(examples["validation"])
     meter = ThroughputMeter()
-    callbacks: list[Any] = [PeriodicCheckpoint(run / "checkpoints" / "last.ckpt", config.checkpoint_every), meter, LearningRateMonitor("epoch")]
+    callbacks: list[Any] = [PeriodicCheckpoint(run / "checkpoints" / "last.ckpt", config.checkpoint_every), meter, LearningRateMonitor("step")]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=config.patience, mode="min", check_on_train_epoch_end=False))
     n_batches = max(1, len(examples["train"]) // (config.batch_size * config.devices * config.num_nodes))
