@@ -228,3 +228,28 @@ def test_layer_specs():
     for bad in ("", "x", "3-1", "9", "1,,2"):
         with pytest.raises(irm.IRMError):
             irm.parse_layers(bad, 8)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, tiny_llama, umask):
+    """mkstemp makes 0600 files; an IRM saved for collaborators on a shared disk must get the
+    mode a plain open() gives under the user's umask, as must checkpoints."""
+    import os
+
+    from irm.lightning_module import AtomicCheckpointIO
+    from irm.recording import record, save_recording
+
+    old = os.umask(umask)
+    try:
+        (tmp_path / "plain").write_bytes(b"x")
+        net = irm.IRM.for_host(tiny_llama, "all")
+        net.save_pretrained(tmp_path / "irm")
+        AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, tmp_path / "ckpt" / "last.ckpt")
+        save_recording(record(tiny_llama, net, ["Hi"], max_new_tokens=2), tmp_path / "rec")
+    finally:
+        os.umask(old)
+    want = (tmp_path / "plain").stat().st_mode & 0o777
+    assert want == 0o666 & ~umask
+    for path in (tmp_path / "irm" / "model.safetensors", tmp_path / "irm" / "irm_config.json", tmp_path / "ckpt" / "last.ckpt",
+                 *(tmp_path / "rec").iterdir()):
+        assert path.stat().st_mode & 0o777 == want, path

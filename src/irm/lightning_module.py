@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from .attach import IRMHandle, attach
 from .data import IGNORE_INDEX, Example, LengthGroupedBatches, collate
 from .errors import IRMError, TrainingDivergedError, writing
+from .files import temporary_file_beside
 from .model import IRM
 from .train_config import TrainConfig
 
@@ -323,7 +323,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         with writing(path):  # a full disk becomes a clear error; the old checkpoint stays
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = temporary_file_beside(path)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     torch.save(checkpoint, fh)

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from .attach import attach
 from .errors import IRMError
+from .files import atomic_write
 from .generation import encode_prompts, generate
 from .hosts import Host
 from .model import IRM
@@ -196,7 +197,7 @@ def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = F
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)
     arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
-    save_file(arrays, str(out / OUTPUTS_FILE), metadata={"layout": "(token, layer, hidden)"})
+    atomic_write(out / OUTPUTS_FILE, lambda path: save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"}))
     with open(out / TOKENS_FILE, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
     with open(out / PROMPTS_FILE, "w", encoding="utf-8") as fh:
