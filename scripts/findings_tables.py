@@ -49,7 +49,7 @@ def sweep() -> list[str]:
     if not path.is_file():
         return []
     summary = json.loads(path.read_text())
-    out = ["| run | tokens | striation (index share) | layer share | top-5 indices (share of total) | top-10 share | "
+    out = ["| run | tokens | striation (index share; noise level) | layer share | top-5 indices (share of total) | top-10 share | "
            "Hoyer sparsity | top-10 shared with host: residual max / norm gain / LM-head norm |",
            "|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
@@ -57,10 +57,10 @@ def sweep() -> list[str]:
         shown = ", ".join(f"{i} ({s:.2%})" for i, s in zip(top["indices"][:5], top["shares"][:5]))
         co = run.get("coincidence_with_host", {})
         shared = " / ".join(str(co[k]["shared"] or "-") for k in ("residual_max_abs", "final_norm_gain", "lm_head_column_norm") if k in co)
-        out.append(f"| {run['label']} | {run['tokens']} | {run['striation']['score']:.3f} | {run['striation']['layer_share']:.3f} | "
+        out.append(f"| {run['label']} | {run['tokens']} | {run['striation']['score']:.3f} ({run['striation']['noise_level']:.3f}) | {run['striation']['layer_share']:.3f} | "
                    f"{shown} | {top['total_share']:.2%} | {run['sparsity']['hoyer']['mean']:.3f} | {shared} |")
-    noise = summary["runs"][0]["striation"]["noise_level"]
-    out += ["", f"Striation expected from noise alone (i.i.d. cells, all-layer map): {noise:.3f}; uniform share per index 1/576 = 0.17%.", ""]
+    out += ["", "Noise level: the striation score of i.i.d. cells, (H-1)/(L*H-1); an even spread gives each index 1/576 = 0.17% "
+            "of the total.", ""]
     for host, report in summary["consistency"].items():
         first = report["most_often_first"]
         out.append(f"{host}: index {first['index']} ranked first in {first['runs']} of {first['of']} runs; "
