@@ -328,3 +328,16 @@ def test_analyze_compares_with_host_gradients(tiny_llama, tmp_path, monkeypatch,
     assert g["mean_cosine_between_layers"] == pytest.approx(direct.summary(3)["mean_cosine_between_layers"], abs=1e-5)
     assert -1 <= g["spearman_with_irm_profile"] <= 1 and "shared" in g["coincidence_with_irm"]
     assert json.loads((tmp_path / "an" / "host_gradients.json").read_text()) == g
+
+
+def test_analyze_table_prints_data_names_verbatim(tiny_llama, tmp_path, monkeypatch, capsys):
+    """'builtin:anger:' in a message must not become an emoji (rich's :name: codes)."""
+    nontrivial_irm(tiny_llama, "0,1", seed=4).save_pretrained(tmp_path / "run" / "irm")
+    monkeypatch.setattr(sys, "argv", ["irm", "analyze", str(tmp_path / "run"), "--out", str(tmp_path / "an"), "--limit", "1",
+                                      "--max-new-tokens", "2", "--frames", "0", "--token-plots", "0", "--no-host-outliers",
+                                      "--gradients", "builtin:anger", "--gradient-rows", "4"])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert "host gradient on builtin:anger:" in capsys.readouterr().out.replace("\n", " ")

@@ -22,8 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # data names such as builtin:anger: must not turn into emoji
+err_console = Console(stderr=True, emoji=False)
 
 HostOpt = Annotated[str, typer.Option("--host", help="Built-in host name (see `irm hosts`), local model folder or .gguf file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]

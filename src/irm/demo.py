@@ -78,7 +78,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
     from .html_report import build_report
     from .training import train
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, emoji=False)
     started = time.perf_counter()
     run = settings.out
     _step(console, f"training an IRM on {settings.data} ({settings.max_steps} steps)",

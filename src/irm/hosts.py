@@ -259,7 +259,7 @@ def convert_smollm2(target: Path) -> Path:
         if (target / "model.safetensors").is_file():
             return target
         gguf = smollm2_gguf_path()
-        console = Console(stderr=True)
+        console = Console(stderr=True, emoji=False)
         console.print(f"[bold]irm[/]: converting the embedded SmolLM2 ({gguf.name}) to safetensors under {target} (one time, ~20 s)")
         model, tokenizer = _load_gguf(gguf, torch.float32)
         config = model.config
