@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every command behind docs/findings.md, in order (about 1.5 hours on a 2-core CPU).
+# Every command behind docs/findings.md, in order (about 1.5 hours on an otherwise idle 2-core CPU).
 # Each step is resumable or quick to redo; outputs go under runs/ (not committed), and the
 # small summaries quoted in docs/findings.md are copied to docs/findings/.
 set -euo pipefail
@@ -39,6 +39,14 @@ done
   $IRM analyze $SWEEP/* --out runs/sweep_smollm2/gradients --gradients train --gradient-rows 32 --no-host-outliers \
     --frames 0 --token-plots 0 --json > /dev/null
 
-# 7. The tables of docs/findings.md, and the small JSON files and images it quotes.
+# 7. One run 8x longer (240 steps), analysed next to its 30-step twin, and ablated.
+[ -f runs/long_anger/summary.json ] || $IRM train docs/long_smollm2.yaml --no-progress --json > /dev/null
+[ -f runs/long_anger_analysis/summary.json ] || \
+  $IRM analyze runs/long_anger $SWEEP/data-anger_seed-1_layers-all --out runs/long_anger_analysis \
+    --limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --gradients train --json > /dev/null
+[ -f runs/ablate/long_anger.json ] || $IRM ablate --irm runs/long_anger --indices auto --k 3 --draws 3 \
+  --limit 16 --max-new-tokens 32 --target anger --out runs/ablate/long_anger.json --json > /dev/null
+
+# 8. The tables of docs/findings.md, and the small JSON files and images it quotes.
 .venv/bin/python scripts/findings_tables.py --copy
 echo "findings: done"

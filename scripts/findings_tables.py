@@ -128,7 +128,10 @@ def copy() -> None:
             if src.is_file():
                 shutil.copyfile(src, dst)
     for src, dst in ((Path("runs/sweep_smollm2/analysis/summary.json"), DOCS / "sweep_analysis.json"),
-                     (Path("runs/sweep_smollm2/gradients/summary.json"), DOCS / "sweep_gradients.json")):
+                     (Path("runs/sweep_smollm2/gradients/summary.json"), DOCS / "sweep_gradients.json"),
+                     (Path("runs/long_anger_analysis/summary.json"), DOCS / "long_anger_analysis.json"),
+                     (Path("runs/long_anger_analysis/long_anger/heatmap_mean.png"), DOCS / "heatmap_long_anger.png"),
+                     (Path("runs/ablate/long_anger.json"), DOCS / "ablate_long_anger.json")):
         if src.is_file():
             shutil.copyfile(src, dst)
     for run in sorted(Path("runs/sweep_smollm2/analysis").glob("*_seed-1_layers-all")):
