@@ -20,6 +20,11 @@ EMOTIONS = ("anger", "sadness", "joy")
 DOCS = Path("docs/findings")
 
 
+def load(path: str | Path) -> dict | None:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def ci(m: dict, fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(m['mean'])} [{fmt.format(m['lo'])}, {fmt.format(m['hi'])}]"
 
@@ -27,10 +32,9 @@ def ci(m: dict, fmt: str = "{:.3f}") -> str:
 def comparison() -> list[str]:
     out = []
     for emotion in EMOTIONS:
-        path = Path("runs/compare") / emotion / "report.json"
-        if not path.is_file():
+        report = load(Path("runs/compare") / emotion / "report.json")
+        if report is None:
             continue
-        report = json.loads(path.read_text())
         out += [f"**{emotion}** ({report['prompts']} held-out prompts x {report['samples']} sample, "
                 f"{report['settings']['max_new_tokens']} new tokens, T={report['settings']['temperature']})", "",
                 f"| condition | p({emotion}) | top emotion = {emotion} | valence | perplexity (host) | distinct-2 | repetition | KL drift (nats) |",
@@ -45,10 +49,9 @@ def comparison() -> list[str]:
 
 
 def sweep() -> list[str]:
-    path = Path("runs/sweep_smollm2/analysis/summary.json")
-    if not path.is_file():
+    summary = load("runs/sweep_smollm2/analysis/summary.json")
+    if summary is None:
         return []
-    summary = json.loads(path.read_text())
     out = ["| run | tokens | striation (index share; noise level) | layer share | top-5 indices (share of total) | top-10 share | "
            "Hoyer sparsity | top-10 shared with host: residual max / norm gain / LM-head norm |",
            "|---|---|---|---|---|---|---|---|"]
@@ -86,10 +89,9 @@ def sweep() -> list[str]:
 
 
 def gradients() -> list[str]:
-    path = Path("runs/sweep_smollm2/gradients/summary.json")
-    if not path.is_file():
+    summary = load("runs/sweep_smollm2/gradients/summary.json")
+    if summary is None:
         return []
-    summary = json.loads(path.read_text())
     out = ["| run | gradient: mean cosine between layers | adjacent layers | first vs last | striation of abs(gradient) | "
            "gradient top-5 | Spearman(abs gradient, IRM profile) | IRM top-10 in gradient top-10 |",
            "|---|---|---|---|---|---|---|---|"]
@@ -106,11 +108,10 @@ def ablation() -> list[str]:
            "share of the IRM's effect removed: top 3 / random | distinct-2: IRM / top-3 zeroed |", "|---|---|---|---|---|"]
     found = False
     for emotion in EMOTIONS:
-        path = Path("runs/ablate") / f"{emotion}.json"
-        if not path.is_file():
+        r = load(Path("runs/ablate") / f"{emotion}.json")
+        if r is None:
             continue
         found = True
-        r = json.loads(path.read_text())
         key = f"p_{r['target']}"
         rand = mean(d[key] for d in r["random"])
         removed_random = mean(r["effect_removed_random"])
