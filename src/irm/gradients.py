@@ -3,13 +3,11 @@ has learned anything.
 
 A zero :class:`~irm.steering.SteeringVector` attached at the IRM's layers adds nothing, but
 its gradient is the training loss's gradient with respect to the hidden state at each
-injection point, summed over the target tokens' positions: an ``(H, L)`` map with the
-layout of an IRM output. If its columns (layers) point the same way, an IRM trained on that
-loss gets the same push in every layer, and its output lines up in stripes by hidden index
-whatever the IRM learns: the residual stream carries each layer's addition to all later
-layers, so a change at index ``i`` does much the same wherever it is made.
+injection point, summed over all positions: an ``(H, L)`` map with the layout of an IRM
+output. Where its columns (layers) point the same way, an IRM trained on that loss gets the
+same push in those layers, since the residual stream carries each layer's addition to all
+later ones; ``irm analyze --gradients`` compares the map with what the IRM actually learned.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,7 +26,7 @@ from .steering import SteeringVector, steering_config
 @dataclass
 class ResidualGradients:
     gradients: np.ndarray
-    """``(H, L)``: d(summed target-token loss)/d(hidden state at each injection point), summed over positions."""
+    """``(H, L)``: d(summed target-token loss)/d(hidden state at each injection point), summed over all positions."""
     layers: list[int]
     tokens: int
 
