@@ -34,6 +34,12 @@ for e in anger sadness joy; do
   [ -f runs/ablate/$e.json ] || $IRM ablate --irm $SWEEP/data-${e}_seed-1_layers-all --indices auto --k 3 --draws 3 \
     --limit 16 --max-new-tokens 32 --target $e --out runs/ablate/$e.json --json > /dev/null
 done
+# A stronger test: the top 10 indices, 5 random draws, 24 prompts.
+for e in anger sadness joy; do
+  [ -f runs/ablate/${e}_k10.json ] || $IRM ablate --irm $SWEEP/data-${e}_seed-1_layers-all --indices auto --k 10 --draws 5 \
+    --limit 24 --max-new-tokens 32 --target $e --out runs/ablate/${e}_k10.json --json > /dev/null
+done
+
 # 6. Why stripes? The host's own loss gradient at the injection points, on each run's training data.
 [ -f runs/sweep_smollm2/gradients/summary.json ] || \
   $IRM analyze $SWEEP/* --out runs/sweep_smollm2/gradients --gradients train --gradient-rows 32 --no-host-outliers \

@@ -104,19 +104,22 @@ def gradients() -> list[str]:
 
 
 def ablation() -> list[str]:
-    out = ["| alignment | zeroed (top 3) | p(target): host / IRM / top-3 zeroed / random 3 zeroed (mean of draws) | "
-           "share of the IRM's effect removed: top 3 / random | distinct-2: IRM / top-3 zeroed |", "|---|---|---|---|---|"]
+    out = ["| alignment | zeroed | prompts | p(target): host / IRM / top-k zeroed / random k zeroed (mean of draws) | "
+           "share of the IRM's effect removed: top k / random draws | distinct-2: IRM / top-k zeroed |", "|---|---|---|---|---|---|"]
     found = False
-    for emotion in EMOTIONS:
-        r = load(Path("runs/ablate") / f"{emotion}.json")
-        if r is None:
-            continue
-        found = True
-        key = f"p_{r['target']}"
-        rand = mean(d[key] for d in r["random"])
-        removed_random = mean(r["effect_removed_random"])
-        out.append(f"| {emotion} | {r['indices']} | {r['host'][key]:.3f} / {r['irm'][key]:.3f} / {r['ablated'][key]:.3f} / {rand:.3f} | "
-                   f"{r['effect_removed_ablated']:.1%} / {removed_random:.1%} | {r['irm']['distinct_2']:.2f} / {r['ablated']['distinct_2']:.2f} |")
+    for suffix in ("", "_k10"):
+        for emotion in EMOTIONS:
+            r = load(Path("runs/ablate") / f"{emotion}{suffix}.json")
+            if r is None:
+                continue
+            found = True
+            key = f"p_{r['target']}"
+            rand = mean(d[key] for d in r["random"])
+            removed_random = ", ".join(f"{x:.0%}" for x in r["effect_removed_random"])
+            shown = r["indices"] if len(r["indices"]) <= 3 else f"top {len(r['indices'])}"
+            out.append(f"| {emotion} | {shown} | {r['prompts']} | {r['host'][key]:.3f} / {r['irm'][key]:.3f} / {r['ablated'][key]:.3f} / "
+                       f"{rand:.3f} | {r['effect_removed_ablated']:.1%} / {removed_random} | "
+                       f"{r['irm']['distinct_2']:.2f} / {r['ablated']['distinct_2']:.2f} |")
     return out + [""] if found else []
 
 
@@ -125,7 +128,8 @@ def copy() -> None:
     for emotion in EMOTIONS:
         for src, dst in ((Path("runs/compare") / emotion / "report.json", DOCS / f"compare_{emotion}.json"),
                          (Path("runs/compare") / emotion / "curve.png", DOCS / f"curve_{emotion}.png"),
-                         (Path("runs/ablate") / f"{emotion}.json", DOCS / f"ablate_{emotion}.json")):
+                         (Path("runs/ablate") / f"{emotion}.json", DOCS / f"ablate_{emotion}.json"),
+                         (Path("runs/ablate") / f"{emotion}_k10.json", DOCS / f"ablate_{emotion}_k10.json")):
             if src.is_file():
                 shutil.copyfile(src, dst)
     for src, dst in ((Path("runs/sweep_smollm2/analysis/summary.json"), DOCS / "sweep_analysis.json"),
