@@ -12,6 +12,7 @@ as the median time ratio, so machine noise hits every condition alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import platform
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,6 +124,16 @@ def _tiny_bench_host() -> irm.Host:
     return irm.Host(model=model, tokenizer=byte_tokenizer(), name="tiny-llama-256x4", spec=irm.resolve_architecture(model))
 
 
+def _irm_step(host: irm.Host, net: irm.IRM, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+              autocast: Any = None) -> None:
+    """One optimizer step of the IRM on ``batch`` (loss on every labelled token)."""
+    with irm.attach(host, net), (autocast or contextlib.nullcontext()):
+        nll, count = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    (nll / count).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def _train_steps(host: irm.Host, batches: list[dict[str, torch.Tensor]], steps: int) -> tuple[float, int]:
     net = irm.IRM.for_host(host, "all", seed=0)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -129,11 +141,7 @@ def _train_steps(host: irm.Host, batches: list[dict[str, torch.Tensor]], steps: 
     for i in range(steps + 1):
         batch = batches[i % len(batches)]
         start = time.perf_counter()
-        with irm.attach(host, net):
-            nll, count = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        (nll / count).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _irm_step(host, net, opt, batch)
         if i:  # the first step is warm-up
             seconds += time.perf_counter() - start
             real += int(batch["attention_mask"].sum())
@@ -156,7 +164,7 @@ def bench_compile(steps: int) -> dict:
     IRM (each with its own host), steps interleaved; medians."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 32000, (8, 128), generator=gen)
-    mask = torch.ones_like(ids)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     setups = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         host = _tiny_bench_host()
@@ -166,15 +174,7 @@ def bench_compile(steps: int) -> dict:
         setups[name] = (host, net, torch.optim.Adam(net.parameters(), lr=1e-4))
 
     def step(name: str) -> Callable[[], None]:
-        host, net, opt = setups[name]
-
-        def run() -> None:
-            with irm.attach(host, net):
-                nll, count = target_loss(host.model, ids, mask, ids)
-            (nll / count).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return run
+        return lambda: _irm_step(*setups[name], batch)
 
     first = {}
     for name in setups:
@@ -275,23 +275,18 @@ def _large_training(host: irm.Host, net: irm.IRM, seq: int, batch: int, steps: i
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     gen = torch.Generator().manual_seed(seq)
     ids = torch.randint(3, host.model.config.vocab_size, (batch, seq), generator=gen).to(device)
-    mask = torch.ones_like(ids)
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     seconds = 0.0
-    with irm.attach(host, net):
-        for i in range(steps + 2):  # two warm-up steps
-            _sync(device)
-            start = time.perf_counter()
-            with autocast:
-                nll, count = target_loss(host.model, ids, mask, ids)
-            (nll / count).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync(device)
-            if i >= 2:
-                seconds += time.perf_counter() - start
+    for i in range(steps + 2):  # two warm-up steps
+        _sync(device)
+        start = time.perf_counter()
+        _irm_step(host, net, opt, data, autocast)
+        _sync(device)
+        if i >= 2:
+            seconds += time.perf_counter() - start
     tokens_per_second = batch * seq * steps / seconds
     flops_per_token = training_flops(host.model.config, net.config, context=(seq + 1) // 2)  # causal: seq/2 keys on average
     achieved = tokens_per_second * flops_per_token
