@@ -33,6 +33,7 @@ import irm.generation  # noqa: E402
 from irm.data import Row, collate, tokenize_rows  # noqa: E402
 from irm.flops import host_forward_flops, irm_flops, training_flops  # noqa: E402
 from irm.lightning_module import compile_for_training, target_loss  # noqa: E402
+from irm.training import is_out_of_memory  # noqa: E402
 
 GEN_PROMPTS = [
     "What is the capital of France?",
@@ -265,10 +266,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 def _large_training(host: irm.Host, net: irm.IRM, seq: int, batch: int, steps: int, peak: float | None) -> dict:
     device = next(host.model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=next(host.model.parameters()).dtype == torch.bfloat16)
@@ -360,8 +357,8 @@ def bench_large(shape: str, device: torch.device, *, seqs: tuple[int, ...], trai
         for seq in seqs:
             try:
                 result = _large_training(host, net, seq, train_batch, steps, peak)
-            except RuntimeError as exc:
-                if not _is_oom(exc):
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
                     raise
                 result = {"seq": seq, "batch": train_batch, "error": "out of memory"}
             out["training"][name]["runs"].append(result)

@@ -134,7 +134,8 @@ def _check_examples(config: TrainConfig, host: Any, examples: dict[str, list[Any
             )
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU allocation failure, whatever form torch raises it in."""
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     if isinstance(exc, (oom, MemoryError)):
         return True
@@ -188,7 +189,7 @@ def _after_failure(state: _RunState, config: TrainConfig, exc: BaseException) ->
     if isinstance(exc, Exception) and state.created and not has_checkpoint and run is not None and not _is_launcher_child():
         shutil.rmtree(state.created_root or run, ignore_errors=True)
         removed = True
-    if _is_out_of_memory(exc):
+    if is_out_of_memory(exc):
         return IRMError(f"out of memory while training ({_first_line(exc)})", hint=memory_hint(config))
     if isinstance(exc, RuntimeError) and "without overflow" in str(exc):
         # Adam's step size lr / (1 - beta1^t) does not fit in a float
