@@ -1,0 +1,91 @@
+"""Files written by irm before the redesign (tests/fixtures/legacy, made by commit 68dc296)
+still load and compute the same numbers bit for bit; the CLI keeps every command and flag."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import irm
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+
+
+@pytest.mark.parametrize("name", ["irm_full", "irm_lowrank"])
+def test_legacy_irm_loads_and_computes_the_same_output(tiny_llama, name):
+    expected = load_file(str(LEGACY / f"{name}_expected.safetensors"))
+    net = irm.IRM.from_pretrained(LEGACY / name, tiny_llama)
+    with torch.no_grad():
+        assert torch.equal(net(expected["input"]), expected["output"])
+        with irm.attach(tiny_llama, net, strength=1.5):
+            logits = tiny_llama.model(input_ids=expected["input_ids"]).logits
+    assert torch.equal(logits, expected["logits_strength_1.5"])
+
+
+def test_legacy_steering_vector_loads_and_steers_the_same(tiny_llama):
+    expected = load_file(str(LEGACY / "steering_expected.safetensors"))
+    vector = irm.load_adapter(LEGACY / "steering", tiny_llama)
+    assert isinstance(vector, irm.SteeringVector)
+    with torch.no_grad(), irm.attach(tiny_llama, vector, strength=2.0):
+        logits = tiny_llama.model(input_ids=expected["input_ids"]).logits
+    assert torch.equal(logits, expected["logits_strength_2"])
+
+
+def _irm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    binary = str(Path(sys.executable).parent / "irm")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_legacy_interrupted_run_resumes_to_the_uninterrupted_irm(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY / "run_interrupted", run)
+    done = _irm("train", "--resume", str(run), "--no-progress", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    reference = json.loads((LEGACY / "run_complete" / "summary.json").read_text())
+    assert summary["global_step"] == reference["global_step"] == 6
+    assert summary["irm_checksum"] == reference["irm_checksum"]
+    assert (run / "logs" / "csv" / "metrics.csv").read_text() == (LEGACY / "run_interrupted" / "logs" / "csv" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_legacy_run_reports_and_evaluates(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY / "run_complete", run)
+    page = _irm("report", str(run), cwd=tmp_path)
+    assert page.returncode == 0, page.stderr
+    html = (run / "report.html").read_text()
+    assert "tiny-random-llama" in html and "<img" in html
+    ev = _irm("evaluate", "--irm", str(run / "irm"), "--host", "tiny-random-llama", "--max-prompts", "2", "--max-new-tokens", "4",
+              "--strength", "1", "--out", str(tmp_path / "eval"), "--json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert (tmp_path / "eval" / "report.json").is_file()
+
+
+def test_cli_keeps_every_command_and_flag():
+    import typer.main
+
+    from irm.cli import app
+
+    def surface(cmd, prefix):
+        found = {}
+        if hasattr(cmd, "commands"):
+            for name, sub in sorted(cmd.commands.items()):
+                found.update(surface(sub, [*prefix, name]))
+        else:
+            params = [{"name": p.name, "opts": sorted(p.opts + getattr(p, "secondary_opts", [])), "default": repr(p.default),
+                       "required": p.required} for p in cmd.params]
+            found[" ".join(prefix)] = sorted(params, key=lambda d: d["name"])
+        return found
+
+    before = json.loads((LEGACY / "cli_surface.json").read_text())
+    now = surface(typer.main.get_command(app), [])
+    for command, params in before.items():
+        assert command in now, f"command `irm {command}` is gone"
+        assert now[command] == params, f"`irm {command}` changed its flags"
