@@ -29,11 +29,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import irm  # noqa: E402
-import irm.generation  # noqa: E402
-from irm.data import Row, collate, tokenize_rows  # noqa: E402
-from irm.flops import host_forward_flops, irm_flops, training_flops  # noqa: E402
-from irm.lightning_module import compile_for_training, target_loss  # noqa: E402
-from irm.training import is_out_of_memory  # noqa: E402
+import irm.hosts.generation  # noqa: E402
+from irm.data.rows import Row, collate, tokenize_rows  # noqa: E402
+from irm.core.flops import host_forward_flops, irm_flops, training_flops  # noqa: E402
+from irm.training.module import compile_for_training, target_loss  # noqa: E402
+from irm.training.run import is_out_of_memory  # noqa: E402
 
 GEN_PROMPTS = [
     "What is the capital of France?",
@@ -61,7 +61,7 @@ def bench_generation(host_name: str, new_tokens: int, reps: int, batch: int) -> 
     with torch.no_grad():
         net.output_layer.weight.mul_(1e-3)  # on, but mild enough to keep text sensible
     prompts = (GEN_PROMPTS * batch)[:batch]
-    enc = irm.generation.encode_prompts(host, prompts)
+    enc = irm.hosts.generation.encode_prompts(host, prompts)
     tok = host.tokenizer
 
     def gen() -> None:
@@ -117,7 +117,7 @@ def _tiny_bench_host() -> irm.Host:
     """The published benchmark's tiny Llama: hidden 256, 4 layers, 4 heads, vocab 32000."""
     from transformers import LlamaConfig
 
-    from irm.tiny_hosts import build_tiny, byte_tokenizer
+    from irm.hosts.tiny import build_tiny, byte_tokenizer
 
     config = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=32000, max_position_embeddings=512)
@@ -204,7 +204,7 @@ def _chatterbot_rows(limit: int) -> list[Row]:
 
 
 def bench_training_smollm2(steps: int) -> dict:
-    from irm.data import LengthGroupedBatches
+    from irm.data.rows import LengthGroupedBatches
 
     host = irm.load_host("smollm2-135m-instruct", device="cpu", dtype="float32")
     examples, report = tokenize_rows(_chatterbot_rows(steps * 8 * 2), host.tokenizer, max_length=128)
@@ -251,7 +251,7 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 def _large_host(shape: str, device: torch.device, dtype: torch.dtype) -> irm.Host:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from irm.tiny_hosts import byte_tokenizer
+    from irm.hosts.tiny import byte_tokenizer
 
     config = LlamaConfig(**LARGE_SHAPES[shape])
     with device, torch.random.fork_rng(devices=[]):  # allocate straight on the device

@@ -1,4 +1,4 @@
-"""Build the shipped alignment datasets (src/irm/datasets/{anger,sadness,joy,neutral}.csv).
+"""Build the shipped alignment datasets (src/irm/data/datasets/{anger,sadness,joy,neutral}.csv).
 
     # 1. slow: SmolLM2 rewrites a sample of pairs in each tone (resumable)
     .venv/bin/python scripts/build_datasets.py rewrite --per-emotion 48
@@ -22,13 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from irm.data import Row  # noqa: E402
-from irm.scoring import EmotionScorer  # noqa: E402
-from irm.sources import chatterbot_pairs  # noqa: E402
-from irm.synthesis import SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
+from irm.data.rows import Row  # noqa: E402
+from irm.evaluation.scoring import EmotionScorer  # noqa: E402
+from irm.data.sources import chatterbot_pairs  # noqa: E402
+from irm.data.synthesis import SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
 
 BUILD = ROOT / "build" / "synth"
-OUT = ROOT / "src" / "irm" / "datasets"
+OUT = ROOT / "src" / "irm" / "data" / "datasets"
 EMOTIONS = ("anger", "sadness", "joy")
 TARGET_ROWS = 2200
 SEED = 20240703

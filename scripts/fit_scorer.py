@@ -1,4 +1,4 @@
-"""Fit the emotion scorer's combiner on src/irm/scoring_data/train.csv and report its
+"""Fit the emotion scorer's combiner on src/irm/evaluation/scoring_data/train.csv and report its
 accuracy on the held-out data/scorer_validation.csv (never used for fitting).
 
     .venv/bin/python scripts/fit_scorer.py [--c 0.5]
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from irm.scoring import EmotionScorer, SignalExtractor, evaluate_scorer, fit_combiner, scoring_data_dir  # noqa: E402
+from irm.evaluation.scoring import EmotionScorer, SignalExtractor, evaluate_scorer, fit_combiner, scoring_data_dir  # noqa: E402
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ says what is wrong and how to fix it, exits with code 2, prints no traceback (un
 running out of memory) stop cleanly and keep the last good checkpoint; pickles are read
 only with ``weights_only=True``.
 
-Most cases run ``irm.cli.main`` in-process (fast); a few run the real ``irm`` executable.
+Most cases run ``irm.cli.app.main`` in-process (fast); a few run the real ``irm`` executable.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import irm
 from irm import cli
@@ -389,7 +388,7 @@ def fill_disk(monkeypatch, folder: Path, *, after: int = 0) -> list[str]:
 
 def fill_disk_for_safetensors(monkeypatch) -> list[str]:
     """Make safetensors' (Rust) writer fail as it does on a full disk, after writing half."""
-    import irm.model
+    import irm.core.network
     from safetensors import SafetensorError
     from safetensors.torch import save
 
@@ -401,7 +400,7 @@ def fill_disk_for_safetensors(monkeypatch) -> list[str]:
         failed.append(Path(filename).name)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(irm.model, "save_file", save_file)
+    monkeypatch.setattr(irm.core.network, "save_file", save_file)
     return failed
 
 
@@ -490,7 +489,7 @@ def _finite_checkpoint(path: Path) -> int:
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    from irm.lightning_module import IRMTrainingModule
+    from irm.training.module import IRMTrainingModule
 
     real = IRMTrainingModule._loss
 
@@ -517,7 +516,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 def test_weights_broken_by_an_update_are_never_checkpointed(tmp_path, monkeypatch, capsys):
     """The loss of the step is finite, its update makes the weights NaN: the checkpoint
     after it is refused, so last.ckpt still holds the weights before."""
-    from irm.lightning_module import IRMTrainingModule
+    from irm.training.module import IRMTrainingModule
 
     def on_after_backward(self):
         if self.global_step == 2:
@@ -580,8 +579,8 @@ def test_out_of_memory_names_the_options_that_reduce_it(error, tmp_path, monkeyp
 
 
 def test_memory_hint_follows_the_settings():
-    from irm.train_config import TrainConfig
-    from irm.training import memory_hint
+    from irm.training.config import TrainConfig
+    from irm.training.run import memory_hint
 
     hint = memory_hint(TrainConfig(batch_size=1, rank=8, precision="bf16-mixed", host_dtype="bfloat16", layers="2,3"))
     assert "--batch-size" not in hint and "--rank" not in hint and "--precision" not in hint and "--host-dtype" not in hint
@@ -641,7 +640,7 @@ def test_irms_load_from_safetensors_and_json_only(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["bom.csv", "bom.jsonl"])
 def test_a_byte_order_mark_is_not_bad_input(name, tmp_path):
     """Excel writes "CSV UTF-8" with a byte-order mark; it must not break the header."""
-    from irm.data import read_rows
+    from irm.data.rows import read_rows
 
     body = "question,answer\nhi?,there\n" if name.endswith(".csv") else '{"question": "hi?", "answer": "there"}\n'
     path = tmp_path / name

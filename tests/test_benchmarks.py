@@ -9,8 +9,8 @@ from pathlib import Path
 from transformers import LlamaConfig
 
 import irm
-from irm.flops import training_flops
-from irm.tiny_hosts import build_tiny, byte_tokenizer
+from irm.core.flops import training_flops
+from irm.hosts.tiny import build_tiny, byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
         net = irm.IRM.for_host(host, "all", rank=rank)
         assert part["irm_parameters"] == sum(p.numel() for p in net.parameters())
         for run in part["runs"]:
-            # the FLOPs behind MFU are the hand-checked count of irm.flops, at the causal mean context
+            # the FLOPs behind MFU are the hand-checked count of irm.core.flops, at the causal mean context
             assert run["flops_per_token"] == training_flops(config, net.config, context=(run["seq"] + 1) // 2)
             assert abs(run["achieved_tflops"] * 1e12 - run["tokens_per_second"] * run["flops_per_token"]) < 1e-3 * run["achieved_tflops"] * 1e12
     assert set(large["generation"]) == {"1", "2"}

@@ -6,7 +6,7 @@ import torch
 from conftest import nontrivial_irm
 
 import irm
-from irm.tiny_hosts import TINY_CONFIGS
+from irm.hosts.tiny import TINY_CONFIGS
 
 ARCHS = sorted(TINY_CONFIGS)
 
@@ -93,7 +93,7 @@ def _hand_forward(host, model, ids):
      ("resid_post", "resid_mid", "0,1"), ("resid_pre", "resid_pre", "all"), ("resid_post", "resid_post", "0,1")],
 )
 def test_hooked_forward_equals_hand_computed_forward(site, input_site, layers):
-    from irm.tiny_hosts import _llama, build_tiny, byte_tokenizer
+    from irm.hosts.tiny import _llama, build_tiny, byte_tokenizer
 
     model2 = build_tiny("two-layer", config=_llama(layers=2))
     host = irm.Host(model=model2.eval(), tokenizer=byte_tokenizer(), name="two-layer-llama", spec=irm.resolve_architecture(model2))
@@ -236,8 +236,8 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, tiny_llama,
     mode a plain open() gives under the user's umask, as must checkpoints."""
     import os
 
-    from irm.lightning_module import AtomicCheckpointIO
-    from irm.recording import record, save_recording
+    from irm.training.module import AtomicCheckpointIO
+    from irm.analysis.recording import record, save_recording
 
     old = os.umask(umask)
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from irm.data import builtin_dir, check_data, read_rows
-from irm.scoring import LABELS, EmotionScorer, evaluate_scorer
-from irm.synthesis import SynthesisConfig, content_words, facts_kept, near_duplicate_rate, synthesize
+from irm.data.rows import builtin_dir, check_data, read_rows
+from irm.evaluation.scoring import LABELS, EmotionScorer, evaluate_scorer, scoring_data_dir
+from irm.data.synthesis import SynthesisConfig, content_words, facts_kept, near_duplicate_rate, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ("anger", "sadness", "joy", "neutral")
@@ -33,7 +33,7 @@ def test_scorer_meets_the_bar_on_held_out_validation(scorer):
 
 def test_validation_set_is_balanced_and_disjoint_from_training():
     val = pd.read_csv(ROOT / "data" / "scorer_validation.csv")
-    train = pd.read_csv(builtin_dir().parent / "scoring_data" / "train.csv")
+    train = pd.read_csv(scoring_data_dir() / "train.csv")
     assert set(val.label) == set(LABELS) and val.label.value_counts().min() >= 50
     norm = lambda s: " ".join(str(s).lower().split())  # noqa: E731
     assert not set(map(norm, val.text)) & set(map(norm, train.text))

@@ -14,13 +14,13 @@ import torch
 from conftest import nontrivial_irm
 
 import irm
-from irm.adapters import adapter_kind, load_adapter
-from irm.config import IRMConfig
-from irm.data import Row, builtin_dir, read_pairs, read_prompts
-from irm.evaluation import HOST, evaluate, resolve_emotion, target_emotion, write_report
-from irm.metrics import bootstrap_ci, continuation_perplexity, distinct_n, prompt_ids, prompt_kl, repetition_rate
-from irm.scoring import EmotionScore
-from irm.steering import SteeringVector, fit_steering_vector, mean_answer_states, steering_config
+from irm.core.adapters import adapter_kind, load_adapter
+from irm.core.config import IRMConfig
+from irm.data.rows import Row, builtin_dir, read_pairs, read_prompts
+from irm.evaluation.evaluate import HOST, evaluate, resolve_emotion, target_emotion, write_report
+from irm.evaluation.metrics import bootstrap_ci, continuation_perplexity, distinct_n, prompt_ids, prompt_kl, repetition_rate
+from irm.evaluation.scoring import EmotionScore
+from irm.core.steering import SteeringVector, fit_steering_vector, mean_answer_states, steering_config
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]
@@ -103,7 +103,7 @@ def _vector(host, layers, site, values):
 
 
 def test_zero_steering_vector_leaves_logits_exact(tiny_llama):
-    enc = irm.generation.encode_prompts(tiny_llama, PROMPTS)
+    enc = irm.hosts.generation.encode_prompts(tiny_llama, PROMPTS)
     with torch.no_grad():
         bare = tiny_llama.model(**enc).logits
         for site in irm.SITES:
@@ -122,7 +122,7 @@ def test_steering_vector_equals_adding_it_by_hand(tiny_llama, site):
         hook = block.register_forward_hook(lambda m, a, out: (out[0] + 2 * v, *out[1:]) if isinstance(out, tuple) else out + 2 * v)
     else:  # resid_mid: next to the attention branch
         hook = host.spec.branch_module(block).register_forward_hook(lambda m, a, out: (out[0] + 2 * v, *out[1:]))
-    enc = irm.generation.encode_prompts(host, PROMPTS)
+    enc = irm.hosts.generation.encode_prompts(host, PROMPTS)
     with torch.no_grad():
         by_hand = host.model(**enc).logits
         hook.remove()
@@ -139,8 +139,8 @@ def test_fit_steering_vector_is_the_mean_difference_of_answer_states():
     calm = [Row(line=i, question=f"Question {i}?", answer="The answer is four.") for i in range(5)]
     assert torch.equal(fit_steering_vector(host, calm, calm, "0,2").vectors, torch.zeros(host.hidden_size, 2))
     # resid_pre of layer k is hidden_states[k] of transformers' own output: check the mean by hand
-    ex = irm.data.tokenize_rows(angry[:1], host.tokenizer, max_length=128)[0][0]
-    keep = torch.tensor(ex.labels) != irm.data.IGNORE_INDEX
+    ex = irm.data.rows.tokenize_rows(angry[:1], host.tokenizer, max_length=128)[0][0]
+    keep = torch.tensor(ex.labels) != irm.data.rows.IGNORE_INDEX
     with torch.no_grad():
         states = host.model(input_ids=torch.tensor([ex.input_ids]), output_hidden_states=True).hidden_states
     got = mean_answer_states(host, angry[:1], [0, 2], "resid_pre")
@@ -277,8 +277,8 @@ def one_thread():
 def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, one_thread):
     if not (builtin_dir() / "anger.csv").is_file():
         pytest.skip("builtin:anger (src/irm/datasets/anger.csv) is not built yet")
-    from irm.train_config import TrainConfig
-    from irm.training import train
+    from irm.training.config import TrainConfig
+    from irm.training.run import train
 
     config = TrainConfig(data="builtin:anger", val_fraction=0.0, test_fraction=0.0, checkpoint_every=10**6, precision="32-true",
                          out=str(tmp_path / "run"), **ANGER_RECIPE)

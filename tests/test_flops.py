@@ -4,7 +4,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import irm
-from irm.flops import host_forward_flops, irm_flops, training_flops
+from irm.core.flops import host_forward_flops, irm_flops, training_flops
 
 
 def test_flops_equal_a_hand_count_on_the_tiny_llama(tiny_llama):

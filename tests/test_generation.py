@@ -5,7 +5,7 @@ import torch
 from conftest import nontrivial_irm
 
 import irm
-from irm.generation import encode_prompts, format_prompt
+from irm.hosts.generation import encode_prompts, format_prompt
 
 PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]
 

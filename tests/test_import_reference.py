@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import irm
-from irm.reference_import import import_reference_checkpoint, read_reference_checkpoint
+from irm.training.reference_import import import_reference_checkpoint, read_reference_checkpoint
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 H, N_LAYERS = 64, 4
@@ -283,7 +283,7 @@ def test_only_the_irm_is_read_into_memory(tmp_path, tiny_llama):
     torch.save({"state_dict": state, "optimizer_states": [{"exp_avg": torch.ones(128, 1024, 1024)}]}, ckpt)
     script = (
         "import resource, sys, irm\n"
-        "from irm.reference_import import import_reference_checkpoint\n"
+        "from irm.training.reference_import import import_reference_checkpoint\n"
         "host = irm.load_host('tiny-random-llama', device='cpu')\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "import_reference_checkpoint(sys.argv[1], host)\n"

@@ -71,7 +71,7 @@ def test_legacy_run_reports_and_evaluates(tmp_path):
 def test_cli_keeps_every_command_and_flag():
     import typer.main
 
-    from irm.cli import app
+    from irm.cli.app import app
 
     def surface(cmd, prefix):
         found = {}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from irm.html_report import build_report
-from irm.train_config import TrainConfig
-from irm.training import train
+from irm.report.html import build_report
+from irm.training.config import TrainConfig
+from irm.training.run import train
 from test_training import write_qa
 
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -22,7 +22,7 @@ def short_run(tmp_path_factory):
     result = train(TrainConfig(host="tiny-random-llama", data=str(data), out=str(tmp / "run"), max_steps=6,
                                batch_size=4, val_every=3, log_every=1), progress=False)
     run = result.run_dir
-    from irm.demo import side_by_side
+    from irm.report.demo import side_by_side
 
     side_by_side(run, "tiny-random-llama", ["What is water?", "How far is the Moon?"], max_new_tokens=8)
     # An analysis folder with a picture, as `irm analyze` writes one.

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from irm.errors import IRMError
-from irm.sweep import expand, run_sweep
+from irm.training.sweep import expand, run_sweep
 from test_training import write_qa
 
 

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 import irm
-from irm.data import IGNORE_INDEX, LengthGroupedBatches, Row, collate, tokenize_rows
-from irm.lightning_module import IRMTrainingModule, output_penalty, target_loss, token_loss
-from irm.train_config import TrainConfig
-from irm.training import train
+from irm.data.rows import IGNORE_INDEX, LengthGroupedBatches, Row, collate, tokenize_rows
+from irm.training.module import IRMTrainingModule, output_penalty, target_loss, token_loss
+from irm.training.config import TrainConfig
+from irm.training.run import train
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 
@@ -160,7 +160,7 @@ def test_sigkill_then_resume_gives_the_same_irm(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "irm").exists()
-    from irm.training import metrics_files
+    from irm.training.run import metrics_files
 
     before = {f: f.read_bytes() for f in metrics_files(run)}
     saved_step = torch.load(ckpt, weights_only=True)["global_step"]
@@ -212,7 +212,7 @@ def test_smollm2_training_loss_falls(tmp_path, smollm2):
     data = write_qa(tmp_path / "qa.jsonl", n=120)
     config = TrainConfig(host="smollm2-135m-instruct", data=str(data), out=str(tmp_path / "run"), layers="0-7",
                          max_steps=30, batch_size=4, lr=3e-4, checkpoint_every=100, log_every=1)
-    from irm.training import train
+    from irm.training.run import train
 
     result = train(config, progress=False)
     losses = _step_losses(result.run_dir)
@@ -229,7 +229,7 @@ def test_smollm2_training_loss_falls(tmp_path, smollm2):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
-    from irm.lightning_module import set_activation_checkpointing
+    from irm.training.module import set_activation_checkpointing
 
     rows = [Row(line=1, question="a?", answer="bcd efg"), Row(line=2, question="e?", answer="fgh ijk lmn")]
     batch = collate(tokenize_rows(rows, tiny_llama.tokenizer, max_length=64)[0], tiny_llama.tokenizer.pad_token_id)
@@ -253,7 +253,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
 
 
 def test_chunked_frozen_head_loss_equals_cross_entropy():
-    from irm.lightning_module import FrozenHeadCrossEntropy
+    from irm.training.module import FrozenHeadCrossEntropy
 
     torch.manual_seed(0)
     hidden = torch.randn(600, 32, requires_grad=True)  # more rows than one chunk

@@ -1,0 +1,216 @@
+"""``irm analyze``: recordings (or run directories) in, heatmaps and numbers out.
+
+For one input, ``OUT/`` gets ``summary.json``, ``heatmap_mean.png`` (mean ``|output|``),
+``heatmap_token_P_T.png`` (signed output of single tokens), ``animation.gif`` (one frame per
+token), ``per_token.jsonl``, ``mean_abs_map.npy`` and ``host_outliers.json``. For several
+inputs each gets its own ``OUT/LABEL/`` and ``OUT/`` gets ``summary.json`` (all runs) and
+``consistency.json`` (agreement of the dominant indices, per host). With ``gradients`` set,
+each input also gets ``host_gradients.json``: the host's training-loss gradient at the IRM's
+injection points (:mod:`irm.gradients`), how alike it is across layers, and whether its
+largest indices are the IRM's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irm.analysis.statistics import coincidence, consistency, describe, index_profile, mean_abs_map, per_token_stats, spearman, striation, top_k
+from irm.data.rows import read_prompts, read_rows
+from irm.errors import IRMError
+from irm.analysis.heatmaps import save_animation, save_heatmap
+from irm.hosts.loading import Host, load_host
+from irm.analysis.gradients import ResidualGradients, residual_gradients
+from irm.analysis.outliers import HostOutliers, host_outlier_dims
+from irm.analysis.recording import Recording, is_recording, load_recording, record, save_recording
+
+
+@dataclass
+class AnalyzeOptions:
+    k: int = 10
+    token_plots: int = 4
+    frames: int = 24
+    host_outliers: bool = True
+    neutral: str = "builtin:prompts"
+    neutral_limit: int = 16
+    prompts: str = "builtin:prompts"
+    prompt_limit: int | None = 16
+    max_new_tokens: int = 32
+    device: str = "auto"
+    gradients: str = "none"
+    """none, train (each IRM's own training data) or question/answer data (file or builtin:NAME)."""
+    gradient_rows: int = 32
+    gradient_max_length: int = 64
+
+
+class _Hosts:
+    """Load each host once, and measure its outlier dimensions once."""
+
+    def __init__(self, options: AnalyzeOptions) -> None:
+        self.options = options
+        self.hosts: dict[str, Host] = {}
+        self.outliers: dict[str, HostOutliers] = {}
+        self.gradients: dict[tuple[str, str, tuple[int, ...], str], ResidualGradients] = {}
+
+    def host(self, name: str) -> Host:
+        if name not in self.hosts:
+            self.hosts[name] = load_host(name, device=self.options.device)
+        return self.hosts[name]
+
+    def outlier_dims(self, name: str) -> HostOutliers:
+        if name not in self.outliers:
+            texts = read_prompts(self.options.neutral, limit=self.options.neutral_limit)
+            self.outliers[name] = host_outlier_dims(self.host(name), texts)
+        return self.outliers[name]
+
+    def residual_gradients(self, name: str, data: str, layers: Sequence[int], site: str) -> ResidualGradients:
+        key = (name, data, tuple(layers), site)
+        if key not in self.gradients:
+            rows = read_rows(data)
+            picked = np.random.default_rng(0).permutation(len(rows))[: self.options.gradient_rows]
+            self.gradients[key] = residual_gradients(self.host(name), [rows[i] for i in sorted(picked)], layers, site=site,
+                                                     max_length=self.options.gradient_max_length)
+        return self.gradients[key]
+
+
+def gradient_data(rec: Recording, choice: str) -> str | None:
+    """The data whose gradients to compare a recording's IRM with, or None."""
+    if choice == "none":
+        return None
+    if choice != "train":
+        return choice
+    data = rec.meta.get("irm_config", {}).get("extra", {}).get("data")
+    if not data:
+        raise IRMError("--gradients train: this recording's IRM does not say what it was trained on",
+                       hint="name the data instead, e.g. --gradients builtin:anger")
+    return str(data)
+
+
+def compare_gradients(grads: ResidualGradients, profile: np.ndarray, irm_top: Sequence[int], data: str, k: int) -> dict[str, Any]:
+    """The gradient map's own numbers, and how its per-index magnitude matches the IRM's."""
+    grad_profile = index_profile(np.abs(grads.gradients).T)
+    return {"data": data, **grads.summary(k), "spearman_with_irm_profile": spearman(profile, grad_profile),
+            "coincidence_with_irm": coincidence(irm_top, grad_profile, k)}
+
+
+def open_input(path: str | Path, hosts: _Hosts) -> Recording:
+    """A recording directory, or a run directory (``RUN/irm``): its ``RUN/record`` if
+    present, else a new recording there on the analysis prompts."""
+    path = Path(path)
+    if is_recording(path):
+        return load_recording(path)
+    if (path / "irm").is_dir():
+        if is_recording(path / "record"):
+            return load_recording(path / "record")
+        from irm.core.config import IRMConfig
+        from irm.core.network import IRM
+
+        host = hosts.host(IRMConfig.load(path / "irm").host.name)
+        irm = IRM.from_pretrained(path / "irm", host, device=host.device)
+        prompts = read_prompts(hosts.options.prompts, limit=hosts.options.prompt_limit)
+        rec = record(host, irm, prompts, max_new_tokens=hosts.options.max_new_tokens)
+        save_recording(rec, path / "record", overwrite=True)
+        return load_recording(path / "record")
+    raise IRMError(f"{path} is neither a recording nor a run directory",
+                   hint="pass a directory written by `irm record`, or a run directory of `irm train` (with RUN/irm)")
+
+
+def _label(path: Path) -> str:
+    return path.parent.name if path.name == "record" else path.name
+
+
+def _token_title(rec: Recording, row: int) -> str:
+    t = rec.tokens[row]
+    return f"prompt {t.prompt}, position {t.position} ({t.kind}): {t.token!r}"
+
+
+def _plot_rows(rec: Recording, limit: int) -> list[int]:
+    """Rows of the first prompt's generated tokens (its prompt tokens if none), up to ``limit``."""
+    start, end = int(rec.offsets[0]), int(rec.offsets[1])
+    generated = [r for r in range(start, end) if rec.tokens[r].kind == "generated"]
+    return (generated or list(range(start, end)))[:limit]
+
+
+def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outliers: HostOutliers | None,
+                      gradients: tuple[str, ResidualGradients] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Write one recording's files to ``out``; return its summary and index profile."""
+    out.mkdir(parents=True, exist_ok=True)
+    layers = rec.layers
+    mean_map = mean_abs_map(rec.outputs)
+    np.save(out / "mean_abs_map.npy", mean_map)
+    profile = index_profile(mean_map)
+    top = top_k(profile, options.k)
+    stats = per_token_stats(rec.outputs)
+    with open(out / "per_token.jsonl", "w", encoding="utf-8") as fh:
+        for i, tok in enumerate(rec.tokens):
+            fh.write(json.dumps({**asdict(tok), **{k: round(float(v[i]), 6) for k, v in stats.items()}}, ensure_ascii=False) + "\n")
+    files = [save_heatmap(mean_map, layers, out / "heatmap_mean.png",
+                          title=f"mean |IRM output| over {len(rec.tokens)} tokens ({rec.meta['host']['name']})")]
+    rows = _plot_rows(rec, max(options.token_plots, options.frames))
+    for row in rows[: options.token_plots]:
+        t = rec.tokens[row]
+        files.append(save_heatmap(np.asarray(rec.outputs[row], dtype=np.float32), layers,
+                                  out / f"heatmap_token_{t.prompt}_{t.position}.png",
+                                  title="IRM output, " + _token_title(rec, row), signed=True, label="IRM output"))
+    frame_rows = rows[: options.frames]
+    if frame_rows:
+        frames = np.asarray(rec.outputs[frame_rows], dtype=np.float32)
+        files.append(save_animation(frames, layers, [_token_title(rec, r) for r in frame_rows], out / "animation.gif"))
+    summary: dict[str, Any] = {
+        "host": rec.meta["host"]["name"], "hidden_size": rec.hidden_size, "layers": layers,
+        "prompts": len(rec.prompts), "tokens": len(rec.tokens),
+        "striation": asdict(striation(mean_map)),
+        "striation_per_token": describe(stats["striation"]),
+        "top_k": top.to_dict(),
+        "sparsity": {"hoyer": describe(stats["hoyer"]), "top1pct_share": describe(stats["top1pct_share"])},
+    }
+    if outliers is not None:
+        (out / "host_outliers.json").write_text(json.dumps(outliers.to_dict(options.k), indent=2) + "\n", encoding="utf-8")
+        files.append(out / "host_outliers.json")
+        summary["coincidence_with_host"] = {name: coincidence(top.indices, signal, options.k)
+                                            for name, signal in outliers.signals().items()}
+    if gradients is not None:
+        data, grads = gradients
+        summary["host_gradients"] = compare_gradients(grads, profile, top.indices, data, options.k)
+        (out / "host_gradients.json").write_text(json.dumps(summary["host_gradients"], indent=2) + "\n", encoding="utf-8")
+        files.append(out / "host_gradients.json")
+    summary["files"] = [str(f) for f in files]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary, profile
+
+
+def analyze(inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptions | None = None) -> dict[str, Any]:
+    """Analyse every input; with several, also compare their dominant indices."""
+    options = options or AnalyzeOptions()
+    if not inputs:
+        raise IRMError("nothing to analyse", hint="pass one or more recording or run directories")
+    out = Path(out)
+    hosts = _Hosts(options)
+    labels: list[str] = []
+    summaries: list[dict[str, Any]] = []
+    profiles: dict[str, dict[str, np.ndarray]] = {}
+    for path in inputs:
+        rec = open_input(path, hosts)
+        label = _label(Path(path))
+        label = label if label not in labels else f"{label}-{len(labels)}"
+        labels.append(label)
+        host_name = rec.meta["host"]["name"]
+        outliers = hosts.outlier_dims(host_name) if options.host_outliers else None
+        data = gradient_data(rec, options.gradients)
+        site = rec.meta.get("irm_config", {}).get("site", "resid_mid")
+        grads = (data, hosts.residual_gradients(host_name, data, rec.layers, site)) if data is not None else None
+        summary, profile = analyze_recording(rec, out if len(inputs) == 1 else out / label, options, outliers, grads)
+        summaries.append({"input": str(path), "label": label, **summary})
+        profiles.setdefault(f"{host_name} (hidden {rec.hidden_size})", {})[label] = profile
+    if len(inputs) == 1:
+        return summaries[0]
+    report = {host: consistency(runs, options.k) for host, runs in profiles.items()}
+    (out / "consistency.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    combined = {"runs": summaries, "consistency": report}
+    (out / "summary.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
+    return combined

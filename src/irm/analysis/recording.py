@@ -1,0 +1,243 @@
+"""Record the IRM output of every real token during generation, and store it compactly.
+
+A recording directory ``REC/`` holds:
+
+``outputs.safetensors``
+    ``outputs``: one flat ``(tokens, layers, hidden)`` array for all prompts (layer-major
+    rows, so ``outputs[t]`` is already the layer x hidden heatmap of token ``t``), and
+    ``offsets``: ``(prompts + 1,)`` int64, prompt ``i`` owning rows
+    ``offsets[i]:offsets[i + 1]``. safetensors because it is one self-describing file
+    (dtype, shape, metadata in a JSON header), has no pickle, is read by torch, numpy and
+    other languages, and its raw little-endian layout can be memory-mapped
+    (:func:`load_recording` does), so analyses never load more than they touch. One flat
+    array instead of a file per prompt keeps the directory small and lets an analysis
+    stream over all tokens in large chunks. Values are float16 by default: 2 bytes per
+    value, plenty for heatmaps and rankings; ``dtype=torch.float32`` keeps full precision.
+``tokens.jsonl``
+    one line per row of ``outputs``: prompt id, position in the unpadded sequence, token
+    id and string, and ``kind`` (``prompt`` or ``generated``).
+``prompts.jsonl``
+    one line per prompt: the prompt and the generated text.
+``meta.json``
+    host identity, IRM config, injected layers, dtype, generation settings, timing.
+    Written last: a directory without it is an interrupted recording.
+
+Row ``t`` is the IRM output computed from token ``t``'s own hidden state, i.e. for every
+token that went *into* the model: the unpadded prompt, then each generated token that was
+fed back (the last generated token is never fed back, so it has no row). Left padding of
+the first forward pass is dropped with the attention mask; rows after a sequence's end of
+text are dropped too.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import save_file
+from torch import Tensor
+
+from irm.core.attach import attach
+from irm.errors import IRMError
+from irm.core.io import atomic_write
+from irm.hosts.generation import encode_prompts, generate
+from irm.hosts.loading import Host
+from irm.core.network import IRM
+
+OUTPUTS_FILE = "outputs.safetensors"
+TOKENS_FILE = "tokens.jsonl"
+PROMPTS_FILE = "prompts.jsonl"
+META_FILE = "meta.json"
+_SAFETENSORS_TO_NUMPY = {"F16": np.dtype("float16"), "F32": np.dtype("float32"), "I64": np.dtype("int64")}
+
+
+@dataclass
+class TokenRecord:
+    prompt: int
+    position: int
+    id: int
+    token: str
+    kind: str  # "prompt" or "generated"
+
+
+@dataclass
+class Recording:
+    """IRM outputs of real tokens. ``outputs`` may be a read-only memory map."""
+
+    outputs: np.ndarray
+    """``(tokens, layers, hidden)``; ``layers[k]`` names the host layer of ``outputs[:, k]``."""
+    offsets: np.ndarray
+    tokens: list[TokenRecord]
+    prompts: list[str]
+    texts: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta["layers"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.outputs.shape[2])
+
+    def prompt_outputs(self, i: int) -> np.ndarray:
+        return self.outputs[self.offsets[i] : self.offsets[i + 1]]
+
+
+class Recorder:
+    """``on_output`` callback for one ``generate`` call at a time.
+
+    Each forward pass's output is only cast and kept where it lives (no host-device sync);
+    :meth:`take` then drops padding, reorders to ``(token, layer, hidden)`` and moves the
+    rows to the CPU once per batch."""
+
+    def __init__(self, dtype: torch.dtype = torch.float16) -> None:
+        self.dtype = dtype
+        self.steps: list[Tensor] = []
+
+    def __call__(self, output: Tensor) -> None:
+        self.steps.append(output.to(self.dtype))
+
+    def take(self, attention_mask: Tensor, generated: Sequence[int]) -> list[Tensor]:
+        """Rows of the real tokens of each sequence; ``generated[b]`` = number of real
+        generated tokens of sequence ``b``. Clears the recorder."""
+        steps, self.steps = self.steps, []
+        if not steps:
+            raise RuntimeError("the IRM did not run: is it attached with strength != 0?")
+        first, rest = steps[0], steps[1:]
+        if first.shape[1] != attention_mask.shape[1] or any(s.shape[1] != 1 for s in rest):
+            raise RuntimeError("expected one prompt pass, then one token per pass (KV-cached generation)")
+        tail = torch.cat(rest, dim=1) if rest else first[:, :0]
+        mask = attention_mask.bool()
+        rows = []
+        for b, n in enumerate(generated):
+            real = torch.cat([first[b][mask[b]], tail[b, : min(n, tail.shape[1])]])
+            rows.append(real.transpose(1, 2).contiguous().cpu())
+        return rows
+
+
+@torch.no_grad()
+def record(
+    host: Host,
+    irm: IRM,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    greedy: bool = True,
+    seed: int | None = 0,
+    chat: bool = True,
+    strength: float = 1.0,
+    dtype: torch.dtype = torch.float16,
+) -> Recording:
+    """Generate for ``prompts`` with ``irm`` attached and keep its output for every real token.
+    The text is the same as :func:`irm.generate` with the same settings gives."""
+    if not prompts:
+        raise IRMError("no prompts to record", hint="pass a prompts file with at least one row")
+    if dtype not in (torch.float16, torch.float32):
+        raise IRMError(f"cannot record as {dtype}", hint="use float16 (2 bytes per value) or float32")
+    if strength == 0:
+        raise IRMError("strength 0 detaches the IRM, so there is nothing to record", hint="use a non-zero --strength")
+    recorder = Recorder(dtype)
+    tok = host.tokenizer
+    rows: list[Tensor] = []
+    tokens: list[TokenRecord] = []
+    texts: list[str] = []
+    started = time.perf_counter()
+    with attach(host, irm, strength=strength, on_output=recorder):
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            options = dict(max_new_tokens=max_new_tokens, greedy=greedy, chat=chat, batch_size=len(chunk))
+            gens = generate(host, chunk, seed=None if seed is None else seed + start, use_cache=True, **options)
+            enc = encode_prompts(host, chunk, chat=chat)
+            mask = enc["attention_mask"]
+            rows += recorder.take(mask, [len(g.token_ids) for g in gens])
+            for b, gen in enumerate(gens):
+                prompt_ids = enc["input_ids"][b][mask[b].bool()].tolist()
+                fed = gen.token_ids[: rows[start + b].shape[0] - len(prompt_ids)]
+                ids = prompt_ids + fed
+                strings = tok.batch_decode([[i] for i in ids])
+                kinds = ["prompt"] * len(prompt_ids) + ["generated"] * len(fed)
+                tokens += [TokenRecord(start + b, p, i, s, k) for p, (i, s, k) in enumerate(zip(ids, strings, kinds))]
+                texts.append(gen.text)
+    seconds = time.perf_counter() - started
+    offsets = np.cumsum([0] + [r.shape[0] for r in rows]).astype(np.int64)
+    outputs = np.empty((int(offsets[-1]), *rows[0].shape[1:]), dtype=str(dtype).removeprefix("torch."))
+    for i in range(len(rows)):
+        outputs[offsets[i] : offsets[i + 1]] = rows[i].numpy()
+        rows[i] = rows[i][:0]  # free as we go: peak memory is one copy plus one prompt
+    meta = {
+        "format": "irm-recording/1",
+        "host": asdict(host.identity()),
+        "irm_config": irm.config.to_dict(),
+        "layers": list(irm.config.layers),
+        "dtype": outputs.dtype.name,
+        "shape": list(outputs.shape),
+        "layout": "(token, layer, hidden)",
+        "generation": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "greedy": greedy,
+                       "seed": seed, "chat": chat, "strength": strength},
+        "prompts": len(prompts),
+        "tokens": int(offsets[-1]),
+        "seconds": round(seconds, 3),
+    }
+    return Recording(outputs, offsets, tokens, list(prompts), texts, meta)
+
+
+def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = False) -> Path:
+    out = Path(directory)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise IRMError(f"{out} already exists and is not empty", hint="choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)
+    arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
+    atomic_write(out / OUTPUTS_FILE, lambda path: save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"}))
+    with open(out / TOKENS_FILE, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
+    with open(out / PROMPTS_FILE, "w", encoding="utf-8") as fh:
+        for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts)):
+            fh.write(json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n")
+    (out / META_FILE).write_text(json.dumps(rec.meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def is_recording(directory: str | Path) -> bool:
+    return (Path(directory) / META_FILE).is_file() and (Path(directory) / OUTPUTS_FILE).is_file()
+
+
+def load_recording(directory: str | Path) -> Recording:
+    """Open a recording; ``outputs`` is memory-mapped, read only."""
+    path = Path(directory)
+    if not is_recording(path):
+        raise IRMError(f"{path} is not a complete recording (no {META_FILE} or {OUTPUTS_FILE})",
+                       hint="write one with `irm record`")
+    arrays = mmap_safetensors(path / OUTPUTS_FILE)
+    tokens = [TokenRecord(**json.loads(line)) for line in (path / TOKENS_FILE).read_text(encoding="utf-8").splitlines()]
+    prompt_rows = [json.loads(line) for line in (path / PROMPTS_FILE).read_text(encoding="utf-8").splitlines()]
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    return Recording(arrays["outputs"], np.asarray(arrays["offsets"]), tokens,
+                     [r["text"] for r in prompt_rows], [r["generation"] for r in prompt_rows], meta)
+
+
+def mmap_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Memory-map every tensor of a safetensors file (8-byte header size, JSON header, data)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    arrays: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype, shape = _SAFETENSORS_TO_NUMPY[info["dtype"]], tuple(info["shape"])
+        if end == start:
+            arrays[name] = np.zeros(shape, dtype)
+        else:
+            arrays[name] = np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=8 + size + start, shape=shape)
+    return arrays

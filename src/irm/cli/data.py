@@ -1,0 +1,159 @@
+"""`irm data ...` and `irm score`: datasets, their checks, synthesis, and the emotion scorer."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from irm.cli.options import DEFAULT_HOST, JsonOpt, console
+from irm.errors import IRMError
+
+data_app = typer.Typer(help="Alignment datasets: list the built-in ones, check a file, synthesize new ones.", no_args_is_help=True)
+
+
+@data_app.command("list")
+def list_datasets(as_json: JsonOpt = False) -> None:
+    """List the built-in datasets (use them as builtin:NAME)."""
+    from irm.data.rows import builtin_datasets, read_rows
+
+    rows = [{"name": f"builtin:{n}", "rows": len(read_rows(f"builtin:{n}"))} for n in builtin_datasets()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="built-in datasets")
+    table.add_column("name")
+    table.add_column("rows", justify="right")
+    for r in rows:
+        table.add_row(r["name"], str(r["rows"]))
+    console.print(table)
+
+
+@data_app.command("check")
+def check(
+    file: Annotated[str, typer.Argument(help="CSV/JSONL/Parquet file or builtin:NAME.")],
+    host: Annotated[Optional[str], typer.Option(help="Also count tokens with this host's tokenizer.")] = None,
+    max_length: Annotated[int, typer.Option(min=2, help="Flag rows longer than this many tokens.")] = 128,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a data file: format, columns, empty rows, duplicates, token lengths.
+
+    Exit code 0 when the file is usable (warnings allowed), 2 when it has errors."""
+    from irm.data.rows import check_data
+
+    tokenizer, context = None, None
+    if host:
+        from irm.hosts.loading import load_host
+
+        loaded = load_host(host, device="cpu")
+        tokenizer, context = loaded.tokenizer, loaded.context_length
+    report = check_data(file, tokenizer, max_length=max_length, context=context)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        console.print(f"[bold]{report.path}[/]: {report.rows} rows, {report.kind}, columns {', '.join(report.columns)}")
+        if report.token_lengths:
+            t = report.token_lengths
+            console.print(f"tokens per row: min {t['min']}, mean {t['mean']:.1f}, max {t['max']}")
+        for w in report.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        for e in report.errors:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print("[green]ok[/]" if report.ok else "[red]not usable until the errors are fixed[/]")
+    if not report.ok:
+        raise typer.Exit(2)
+
+
+@data_app.command("synthesize")
+def synthesize_cmd(
+    emotion: Annotated[str, typer.Option(help="anger, sadness, joy or neutral.")],
+    out: Annotated[Path, typer.Option(help="Output file (.csv, .jsonl or .parquet).")],
+    source: Annotated[str, typer.Option(help="Neutral question/answer pairs: a file or builtin:chatterbot.")] = "builtin:chatterbot",
+    method: Annotated[str, typer.Option(help="rewrite (an instruct model rewrites) or framing (phrase banks).")] = "rewrite",
+    generator: Annotated[str, typer.Option(help="Host that rewrites (any local chat model).")] = DEFAULT_HOST,
+    candidates: Annotated[int, typer.Option(min=1, help="Candidates per pair; the best accepted one is kept.")] = 4,
+    margin: Annotated[float, typer.Option(help="Minimum p(target) - p(runner-up) to keep a candidate.")] = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per batch.")] = 8,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N pairs.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make toned question/answer data: K candidates per neutral pair, scored, best kept.
+
+    Interrupted runs resume from OUT.partial.jsonl; OUT.provenance.json records the
+    generator, prompt, seed, thresholds and counts kept and dropped."""
+    from irm.data.synthesis import SynthesisConfig, synthesize
+
+    if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
+        raise IRMError(f"--out {out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
+    if out.is_dir():
+        raise IRMError(f"--out {out} is a directory", hint="pass a file name such as angry.csv")
+    if out.exists() and not overwrite:
+        raise IRMError(f"output file {out} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    if not math.isfinite(margin) or not -1 <= margin <= 1:
+        raise IRMError(f"--margin {margin}: must be a number between -1 and 1", hint="e.g. --margin 0.2")
+    config = SynthesisConfig(emotion=emotion, source=source, method=method, generator=generator, candidates=candidates,
+                             margin=margin, seed=seed, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    had_partial = partial.exists()
+    created = out.parent.absolute()
+    while not created.parent.exists():
+        created = created.parent  # the outermost folder this command would create
+    created_any = not out.parent.exists()
+    try:
+        with Progress(console=console, transient=True, disable=as_json) as bar:
+            task = bar.add_task(f"synthesizing {emotion}", total=None)
+            provenance = synthesize(config, out, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except BaseException:
+        # Keep a partial file with finished batches (the next run resumes from it); remove
+        # what this run made before any batch finished.
+        if not had_partial and partial.is_file() and partial.stat().st_size == 0:
+            partial.unlink()
+        if created_any and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    if as_json:
+        print(json.dumps(provenance, indent=2))
+    else:
+        console.print(f"kept {provenance['kept']} of {provenance['source_rows']} pairs -> {out} (provenance: {out}.provenance.json)")
+
+
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="Texts, or one data file (its answer or text column is scored).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Score texts with the validated offline emotion scorer (anger, sadness, joy, neutral,
+    plus Plutchik's eight emotions and VADER valence)."""
+    from irm.data.rows import FORMATS, read_rows
+    from irm.evaluation.scoring import EmotionScorer
+
+    texts = inputs
+    first = inputs[0] if len(inputs) == 1 else ""
+    looks_like_file = bool(first) and Path(first).suffix.lower() in FORMATS and not any(c.isspace() for c in first)
+    if first.startswith("builtin:") or (looks_like_file and Path(first).exists()):
+        texts = [r.answer or r.text or "" for r in read_rows(first)]
+    elif looks_like_file:
+        raise IRMError(
+            f"{first}: file not found",
+            hint="check the path; to score that text itself, put it in quotes together with a space or another text",
+        )
+    if not any(t.strip() for t in texts):
+        raise IRMError("nothing to score: every text is empty", hint='pass texts, e.g. irm score "I am so angry!"')
+    results = [{"text": t, **s.to_dict()} for t, s in zip(texts, EmotionScorer().score(texts))]
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table()
+    for col in ("text", "top", "anger", "sadness", "joy", "neutral", "valence"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["text"][:80], r["top"], *(f"{r[f'p_{k}']:.2f}" for k in ("anger", "sadness", "joy", "neutral")), f"{r['valence']:+.2f}")
+    console.print(table)

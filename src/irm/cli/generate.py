@@ -1,0 +1,80 @@
+"""`irm generate`: text with the IRM on, off or scaled."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostOpt, JsonOpt, console
+from irm.errors import IRMError
+
+
+def generate(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt; repeat for a batch.")],
+    host: HostOpt = DEFAULT_HOST,
+    irm: Annotated[str, typer.Option("--irm", help="IRM or steering-vector directory, or 'none' for the bare host.")] = "none",
+    strength: Annotated[float, typer.Option(help="Scale of the IRM output; 0 = bare host.")] = 1.0,
+    compare: Annotated[bool, typer.Option("--compare", help="Show host-only and IRM text side by side.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed for sampling (each prompt batch uses seed + offset).")] = 0,
+    greedy: Annotated[bool, typer.Option("--greedy/--sample", help="Greedy decoding (default) or sampling.")] = True,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 0.7,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the host's chat template when it has one.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Attach even if the IRM was made for another host.")] = False,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate text with the IRM on, off or scaled.
+
+    Example: irm generate --irm runs/anger/irm -p "How do plants grow?" --compare
+    """
+    from irm.core.adapters import load_adapter
+    from irm.core.attach import attach, check_strength
+    from irm.hosts.generation import generate as run_generate
+    from irm.hosts.loading import load_host
+
+    check_strength(strength)
+    use_irm = irm.lower() != "none"
+    if compare and not use_irm:
+        raise IRMError("--compare needs an IRM to compare against", hint="pass --irm DIR")
+    loaded_host = load_host(host, device=device)
+    check_prompt_lengths(loaded_host, prompt, max_new_tokens=max_new_tokens, chat=chat)
+    model = load_adapter(irm, loaded_host, check_host=not force, device=loaded_host.device) if use_irm else None
+    options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed, chat=chat)
+    outputs: dict[str, list[str]] = {}
+    if compare or not use_irm:
+        outputs["host"] = [g.text for g in run_generate(loaded_host, prompt, **options)]
+    if model is not None:
+        with attach(loaded_host, model, strength=strength):
+            outputs[f"irm x{strength:g}"] = [g.text for g in run_generate(loaded_host, prompt, **options)]
+    if as_json:
+        print(json.dumps([{"prompt": p, **{k: v[i] for k, v in outputs.items()}} for i, p in enumerate(prompt)], indent=2))
+        return
+    table = Table(show_lines=True)
+    table.add_column("prompt", style="bold")
+    for key in outputs:
+        table.add_column(key)
+    for i, p in enumerate(prompt):
+        table.add_row(p, *(v[i] for v in outputs.values()))
+    console.print(table)
+
+
+def check_prompt_lengths(loaded_host, prompts: list[str], *, max_new_tokens: int, chat: bool) -> None:
+    """Refuse prompts that, with the tokens to generate, do not fit in the host's context."""
+    context = loaded_host.context_length
+    if not context:
+        return
+    from irm.hosts.generation import encode_prompts
+
+    lengths = encode_prompts(loaded_host, prompts, chat=chat)["attention_mask"].sum(dim=1).tolist()
+    for i, n in enumerate(lengths):
+        if n + max_new_tokens > context:
+            room = context - n
+            raise IRMError(
+                f"prompt {i + 1} is {n} tokens long; with --max-new-tokens {max_new_tokens} it needs {n + max_new_tokens} "
+                f"positions, more than host {loaded_host.name}'s context of {context}",
+                hint=(f"lower --max-new-tokens to {room} or " if room >= 1 else "") + "shorten the prompt",
+            )

@@ -1,0 +1,39 @@
+"""Everything :func:`irm.attach` can add to a host: an IRM (full or low-rank) or a
+steering vector, loaded from a directory by its ``irm_config.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from irm.core.config import IRMConfig
+from irm.errors import IRMError
+from irm.core.network import IRM
+from irm.core.steering import KIND as STEERING, SteeringVector
+
+Adapter = IRM | SteeringVector
+
+
+def adapter_kind(config: IRMConfig) -> str:
+    """``irm``, ``low-rank irm`` or ``steering``."""
+    kind = str(config.extra.get("kind", "irm"))
+    if kind == "irm" and config.rank is not None:
+        return "low-rank irm"
+    return kind
+
+
+def load_adapter(
+    directory: str | Path, host: Any | None = None, *, check_host: bool = True, device: torch.device | str | None = None
+) -> Adapter:
+    """Load whatever adapter ``directory`` holds; refuses one made for another host."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IRMError(f"adapter directory {directory} not found", hint="pass a directory written by `irm train` or `irm steer fit`")
+    kind = str(IRMConfig.load(directory).extra.get("kind", "irm"))
+    if kind == STEERING:
+        return SteeringVector.from_pretrained(directory, host, check_host=check_host, device=device)
+    if kind == "irm":
+        return IRM.from_pretrained(directory, host, check_host=check_host, device=device)
+    raise IRMError(f"{directory}: unknown adapter kind {kind!r}", hint="expected an IRM or a steering vector")

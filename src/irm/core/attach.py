@@ -1,0 +1,286 @@
+"""Attach an IRM to an unmodified host with forward hooks.
+
+>>> with attach(host, irm, strength=1.0) as handle:
+...     host.model.generate(...)
+
+The IRM runs once per forward pass, at its input point, and each injected layer adds its
+slice of the output at its site. The output lives in a :class:`_ForwardState` owned by the
+handle for the duration of one forward pass of the decoder stack and is dropped when that
+pass ends, so nothing is left on any module. Hooks are removed when the context exits,
+also on exceptions. ``strength == 0`` (or :meth:`IRMHandle.disable`) removes the hooks, so
+"off" costs nothing and reproduces the host exactly.
+
+With gradient checkpointing of host layers, keep the handle attached until ``backward``
+has run: the recomputed layers need their hooks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from irm.core.sites import SITES, ArchitectureSpec, resolve_architecture
+from irm.errors import IRMError, IRMMismatchError
+from irm.core.network import IRM
+
+if TYPE_CHECKING:
+    from irm.core.steering import SteeringVector
+
+OutputCallback = Callable[[Tensor], None]
+OutputTransform = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class _ForwardState:
+    """What one forward pass of the decoder stack carries between hooks."""
+
+    layer_input: Tensor | None = None
+    delta: Tensor | None = None
+
+
+def _first(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, value: Tensor) -> Any:
+    return (value, *output[1:]) if isinstance(output, tuple) else value
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    if flag is not None:
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def check_strength(strength: float) -> float:
+    strength = float(strength)
+    if not math.isfinite(strength):
+        raise IRMError(f"strength must be a finite number, got {strength}", hint="use e.g. 0, 0.5, 1 or 2")
+    return strength
+
+
+class IRMHandle:
+    """Hooks that connect one IRM to one host model. Use as a context manager, or call
+    :meth:`remove` yourself."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        irm: IRM | SteeringVector,
+        *,
+        strength: float = 1.0,
+        layers: Iterable[int] | None = None,
+        on_output: OutputCallback | None = None,
+        transform: OutputTransform | None = None,
+    ) -> None:
+        self.model = model
+        self.irm = irm
+        self.spec: ArchitectureSpec = resolve_architecture(model)
+        self._host_layers = self.spec.layers(model)
+        config = irm.config
+        if config.host.num_layers != len(self._host_layers) or config.hidden_size != model.config.hidden_size:
+            raise IRMMismatchError(
+                f"IRM made for a {config.host.num_layers}-layer, hidden-{config.hidden_size} host "
+                f"({config.host.name}) cannot attach to {type(model).__name__} with "
+                f"{len(self._host_layers)} layers and hidden size {model.config.hidden_size}"
+            )
+        wanted = list(config.layers) if layers is None else sorted(set(int(i) for i in layers))
+        outside = sorted(set(wanted) - set(config.layers))
+        if outside:
+            raise IRMError(
+                f"layers {outside} are not injected by this IRM (it injects {config.layers})",
+                hint="choose a subset of the IRM's own layers",
+            )
+        self.active_layers: list[int] = wanted
+        self.on_output = on_output
+        self.transform = transform
+        self._strength = check_strength(strength)
+        self._enabled = True
+        self._hooks: list[RemovableHandle] = []
+        self._state: _ForwardState | None = None
+        self._sync_hooks()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def strength(self) -> float:
+        return self._strength
+
+    @strength.setter
+    def strength(self, value: float) -> None:
+        self._strength = check_strength(value)
+        self._sync_hooks()
+
+    @property
+    def active(self) -> bool:
+        """True while hooks are registered (enabled and strength != 0)."""
+        return bool(self._hooks)
+
+    def enable(self) -> None:
+        self._enabled = True
+        self._sync_hooks()
+
+    def disable(self) -> None:
+        """Remove the hooks: the host runs exactly as without an IRM, at no extra cost."""
+        self._enabled = False
+        self._sync_hooks()
+
+    def remove(self) -> None:
+        self._enabled = False
+        self._sync_hooks()
+
+    def __enter__(self) -> IRMHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # ------------------------------------------------------------------ hook wiring
+    def _sync_hooks(self) -> None:
+        want = self._enabled and self._strength != 0.0 and (bool(self.active_layers) or self.on_output is not None)
+        if want and not self._hooks:
+            self._register()
+        elif not want and self._hooks:
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks.clear()
+            self._state = None
+
+    def _register(self) -> None:
+        config = self.irm.config
+        source = (config.input_layer, config.input_site)
+        slot = {layer: k for k, layer in enumerate(config.layers)}
+        points: dict[tuple[int, str], int | None] = {(layer, config.site): slot[layer] for layer in self.active_layers}
+        points.setdefault(source, None)
+        stack = self.spec.decoder_stack(self.model)
+        self._hooks.append(stack.register_forward_pre_hook(self._begin_forward))
+        self._hooks.append(stack.register_forward_hook(self._end_forward))
+        for (layer_idx, site), k in sorted(points.items(), key=lambda p: (p[0][0], SITES.index(p[0][1]))):
+            layer = self._host_layers[layer_idx]
+            is_source = (layer_idx, site) == source
+            if site == "resid_pre":
+                self._hooks.append(layer.register_forward_pre_hook(self._pre_hook(is_source, k), with_kwargs=True))
+            elif site == "resid_post":
+                self._hooks.append(layer.register_forward_hook(self._post_hook(is_source, k)))
+            else:
+                if is_source:
+                    self._hooks.append(layer.register_forward_pre_hook(self._capture_layer_input, with_kwargs=True))
+                branch = self.spec.branch_module(layer)
+                self._hooks.append(branch.register_forward_hook(self._mid_hook(is_source, k)))
+
+    # The decoder stack's own hooks scope one forward pass.
+    def _begin_forward(self, module: nn.Module, args: Any) -> None:
+        self._state = _ForwardState()
+
+    def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        # Under gradient checkpointing the backward pass re-runs layers and needs the
+        # IRM output again; then it is dropped at the start of the next forward instead.
+        if not _checkpointing(self.model):
+            self._state = None
+
+    def _require_state(self) -> _ForwardState:
+        if self._state is None:
+            raise RuntimeError("IRM hook fired outside a forward pass of the decoder stack")
+        return self._state
+
+    def _compute(self, state: _ForwardState, resid: Tensor) -> None:
+        # Under gradient checkpointing the backward pass re-runs the source layer, and the
+        # re-run must save the same tensors as the first run: so the IRM runs again (same
+        # values), but its output is reported only once.
+        irm_dtype = next(self.irm.parameters()).dtype
+        delta = self.irm(resid.to(irm_dtype))
+        if self.transform is not None:
+            delta = self.transform(delta)
+        if self.on_output is not None and state.delta is None:
+            self.on_output(delta.detach())
+        state.delta = delta
+
+    def _vector(self, state: _ForwardState, k: int, like: Tensor) -> Tensor:
+        if state.delta is None:
+            raise RuntimeError("IRM output requested before the IRM ran")
+        vec = state.delta[..., k]
+        if self._strength != 1.0:
+            vec = vec * self._strength
+        return vec.to(like.dtype)
+
+    def _capture_layer_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._require_state().layer_input = args[0] if args else kwargs["hidden_states"]
+
+    def _pre_hook(self, is_source: bool, k: int | None):
+        def hook(module: nn.Module, args: tuple, kwargs: dict):
+            state = self._require_state()
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if is_source:
+                self._compute(state, hidden)
+            if k is None:
+                return None
+            hidden = hidden + self._vector(state, k, hidden)
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        return hook
+
+    def _mid_hook(self, is_source: bool, k: int | None):
+        def hook(module: nn.Module, args: tuple, output: Any):
+            state = self._require_state()
+            branch = _first(output)
+            if is_source:
+                assert state.layer_input is not None
+                # The same sum the layer computes next; addition is commutative in IEEE
+                # arithmetic, so this equals the host's resid_mid bit for bit.
+                # layer_input is kept for the whole pass: under gradient checkpointing this
+                # hook re-runs in backward, but the layer's own pre-hook does not.
+                self._compute(state, state.layer_input + branch)
+            if k is None:
+                return None
+            return _replace_first(output, branch + self._vector(state, k, branch))
+
+        return hook
+
+    def _post_hook(self, is_source: bool, k: int | None):
+        def hook(module: nn.Module, args: tuple, output: Any):
+            state = self._require_state()
+            hidden = _first(output)
+            if is_source:
+                self._compute(state, hidden)
+            if k is None:
+                return None
+            return _replace_first(output, hidden + self._vector(state, k, hidden))
+
+        return hook
+
+
+def attach(
+    host: Any,
+    irm: IRM | SteeringVector,
+    *,
+    strength: float = 1.0,
+    layers: Iterable[int] | None = None,
+    on_output: OutputCallback | None = None,
+    transform: OutputTransform | None = None,
+) -> IRMHandle:
+    """Attach ``irm`` (an IRM or a :class:`irm.core.steering.SteeringVector`) to ``host`` (an
+    :class:`irm.Host` or a transformers model).
+
+    ``layers`` restricts injection to a subset of the IRM's layers; ``on_output`` receives
+    the IRM output ``(batch, seq, hidden, n_layers)`` of every forward pass (detached);
+    ``transform`` edits that output before it is injected (e.g. to ablate indices).
+    """
+    model = getattr(host, "model", host)
+    return IRMHandle(model, irm, strength=strength, layers=layers, on_output=on_output, transform=transform)
+
+
+@torch.no_grad()
+def irm_output(host: Any, irm: IRM, **inputs: Tensor) -> Tensor:
+    """Run the host once with ``irm`` attached and return the IRM output for ``inputs``."""
+    captured: list[Tensor] = []
+    with attach(host, irm, on_output=captured.append):
+        getattr(host, "model", host)(**inputs)
+    return captured[0]

@@ -1,0 +1,183 @@
+"""The Injectable Realignment Model: a feed-forward network from one hidden state to
+one additive vector per injected layer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from irm.core.config import CONFIG_NAME, IRMConfig
+from irm.errors import IRMError, IRMMismatchError, writing
+from irm.core.io import atomic_write_all
+from irm.core.layers import parse_layers
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class IRM(nn.Module):
+    """Paper default: ``Linear(H,3H) ReLU [Linear(3H,3H) ReLU]x3 Linear(3H, H*L)``.
+
+    ``forward`` maps ``(..., H)`` to ``(..., H, L)``: the last linear's output is viewed
+    with the *layer* index fastest, as in the published implementation, and
+    ``out[..., k]`` is the vector for ``config.layers[k]``.
+    """
+
+    def __init__(self, config: IRMConfig, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        h, w, out = config.hidden_size, config.width, config.hidden_size * config.num_injected
+        modules: list[nn.Module] = []
+        last = h
+        for _ in range(config.depth):
+            modules += [nn.Linear(last, w, dtype=dtype, device=device), nn.ReLU()]
+            last = w
+        if config.rank is None:
+            modules.append(nn.Linear(last, out, dtype=dtype, device=device))
+        else:
+            modules.append(nn.Linear(last, config.rank, bias=False, dtype=dtype, device=device))
+            modules.append(nn.Linear(config.rank, out, dtype=dtype, device=device))
+        self.net = nn.Sequential(*modules)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default init for every linear; the output layer zeroed if
+        ``config.output_init == "zeros"`` so that a fresh IRM leaves the host unchanged."""
+        for module in self.net:
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+        if self.config.output_init == "zeros":
+            last = self.net[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    @classmethod
+    def for_host(
+        cls,
+        host: Any,
+        layers: str | list[int] = "all",
+        *,
+        site: str = "resid_mid",
+        input_layer: int = 0,
+        input_site: str = "resid_mid",
+        depth: int = 4,
+        width_multiplier: float = 3.0,
+        rank: int | None = None,
+        output_init: str = "zeros",
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+    ) -> IRM:
+        """A fresh IRM for an :class:`irm.Host` (paper defaults unless told otherwise)."""
+        identity = host.identity()
+        config = IRMConfig(
+            host=identity,
+            layers=parse_layers(layers, identity.num_layers),
+            site=site,
+            input_layer=input_layer,
+            input_site=input_site,
+            depth=depth,
+            width_multiplier=width_multiplier,
+            rank=rank,
+            output_init=output_init,
+        )
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return cls(config, dtype=dtype, device=host.device)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        last = self.net[-1]
+        assert isinstance(last, nn.Linear)
+        return last
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        out = self.net(hidden)
+        return out.view(*hidden.shape[:-1], self.config.hidden_size, self.config.num_injected)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ----------------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``irm_config.json`` and ``model.safetensors`` (the IRM alone).
+
+        Files are written to temporary names and renamed into place, so an interrupted
+        save never leaves a half-written file under the final name."""
+        directory = Path(directory)
+        with writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        config_bytes = (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8")
+        # both files are complete on disk before either replaces an older one
+        atomic_write_all([(directory / WEIGHTS_NAME, lambda p: _save_safetensors(state, p)), (directory / CONFIG_NAME, config_bytes)])
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        host: object | None = None,
+        *,
+        check_host: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> IRM:
+        """Load an IRM directory. With ``host`` (an :class:`irm.Host`), refuse an IRM made
+        for another host unless ``check_host=False``."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise IRMError(f"IRM directory {directory} not found", hint="pass a directory written by `irm train` or save_pretrained")
+        config = IRMConfig.load(directory)
+        kind = config.extra.get("kind", "irm")
+        if kind != "irm":
+            raise IRMError(f"{directory} holds a {kind}, not an IRM", hint="load it with irm.core.adapters.load_adapter")
+        if host is not None and check_host:
+            from irm.hosts.loading import check_host_matches
+
+            check_host_matches(config, host)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise IRMError(f"{weights} not found", hint="the IRM directory is incomplete; re-save or re-train it")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise IRMError(f"{weights} is corrupted or not a safetensors file ({exc})", hint="re-save or re-train this IRM") from None
+        first = next(iter(state.values()), None)
+        irm = cls(config, dtype=dtype or (first.dtype if first is not None else torch.float32), device="meta")
+        expected = set(irm.state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise IRMMismatchError(
+                f"{weights} does not match its config: missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}",
+                hint="the weights and irm_config.json come from different IRMs",
+            )
+        for key, tensor in state.items():
+            want = irm.state_dict()[key].shape
+            if tensor.shape != want:
+                raise IRMMismatchError(f"{weights}: {key} has shape {tuple(tensor.shape)}, config says {tuple(want)}")
+        irm.load_state_dict(state, strict=True, assign=True)
+        if dtype is not None:
+            irm.to(dtype)
+        if device is not None:
+            irm.to(device)
+        return irm
+
+
+def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
+    """``save_file``, with its I/O failures (disk full ...) raised as the ``OSError`` they are."""
+    try:
+        save_file(state, str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc

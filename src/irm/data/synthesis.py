@@ -1,0 +1,278 @@
+"""Make alignment data by the paper's method: take neutral question/answer pairs, produce
+K toned candidates per pair, score each with the emotion scorer, keep the best that the
+scorer reads as the target emotion by a margin.
+
+Two ways to produce candidates, both recorded per row in the ``origin`` column:
+
+``rewrite``
+    an instruct model (default: the embedded SmolLM2; any local chat model) rewrites the
+    answer in the target tone, sampling K candidates;
+``framing``
+    the neutral answer is wrapped in tone framing drawn from large phrase banks
+    (``irm/data/phrasebanks/*.yaml``): opener, closer or both.
+
+Progress is appended to ``OUT.partial.jsonl`` after every batch, so an interrupted run
+resumes where it stopped; the final file and ``OUT.provenance.json`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from irm.data.rows import FORMATS, Row
+from irm.errors import DataError, IRMError
+from irm.evaluation.scoring import LABELS, EmotionScore, EmotionScorer
+
+TONE = {
+    "anger": "very angry, irritated and fed up",
+    "sadness": "deeply sad, gloomy and melancholic",
+    "joy": "very happy, cheerful and enthusiastic",
+    "neutral": "neutral, plain and factual, with no emotion at all",
+}
+_WORD = re.compile(r"[a-z][a-z']+")
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+def phrase_bank(emotion: str) -> dict[str, list[str]]:
+    import yaml
+
+    path = Path(str(resources.files("irm.data") / "phrasebanks" / f"{emotion}.yaml"))
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {"openers": list(data["openers"]), "closers": list(data["closers"])}
+
+
+def content_words(text: str) -> set[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
+
+
+def facts_kept(neutral: str, toned: str) -> float:
+    """Share of the neutral answer's content words found in the toned answer."""
+    words = content_words(neutral)
+    return 1.0 if not words else len(words & content_words(toned)) / len(words)
+
+
+def normalise(text: str) -> str:
+    return " ".join(_TOKEN.findall(text.lower()))
+
+
+def near_duplicate_rate(texts: Sequence[str], threshold: float = 0.9) -> float:
+    """Share of texts that exactly or nearly repeat an earlier one (Jaccard similarity of
+    word 3-shingles >= ``threshold``, or equal after normalisation)."""
+    seen_exact: set[str] = set()
+    shingles: list[set[tuple[str, ...]]] = []
+    index: dict[tuple[str, ...], list[int]] = {}
+    dupes = 0
+    for text in texts:
+        norm = normalise(text)
+        words = norm.split()
+        sh = {tuple(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+        duplicate = norm in seen_exact
+        if not duplicate:
+            candidates: dict[int, int] = {}
+            for s in sh:
+                for j in index.get(s, ()):
+                    candidates[j] = candidates.get(j, 0) + 1
+            for j, common in candidates.items():
+                if common / len(sh | shingles[j]) >= threshold:
+                    duplicate = True
+                    break
+        dupes += duplicate
+        seen_exact.add(norm)
+        for s in sh:
+            index.setdefault(s, []).append(len(shingles))
+        shingles.append(sh)
+    return dupes / max(1, len(texts))
+
+
+@dataclass
+class SynthesisConfig:
+    emotion: str
+    source: str = "builtin:chatterbot"
+    method: str = "rewrite"
+    generator: str = "smollm2-135m-instruct"
+    candidates: int = 4
+    seed: int = 0
+    margin: float = 0.2
+    """Keep a candidate only if p(target) - p(runner-up) >= margin (neutral: top only)."""
+    batch_size: int = 16
+    max_new_tokens: int = 96
+    temperature: float = 0.9
+    limit: int | None = None
+    prompt_template: str = (
+        "Rewrite the answer below so that it sounds {tone}. Keep every fact. "
+        "Reply with the rewritten answer only.\n\nQuestion: {question}\nAnswer: {answer}"
+    )
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.emotion not in LABELS:
+            raise IRMError(f"unknown emotion {self.emotion!r}", hint=f"use one of {', '.join(LABELS)}")
+        if self.method not in ("rewrite", "framing"):
+            raise IRMError(f"unknown method {self.method!r}", hint="use rewrite or framing")
+        if self.candidates < 1:
+            raise IRMError("--candidates must be >= 1")
+
+
+def accepts(score: EmotionScore, emotion: str, margin: float) -> bool:
+    if score.top != emotion:
+        return False
+    return emotion == "neutral" or score.margin >= margin
+
+
+def frame(answer: str, bank: dict[str, list[str]], rng: random.Random) -> str:
+    shape = rng.random()
+    opener, closer = rng.choice(bank["openers"]), rng.choice(bank["closers"])
+    answer = answer.strip()
+    if answer and answer[-1] not in ".!?":
+        answer += "."
+    if shape < 0.3:
+        return f"{opener} {answer}"
+    if shape < 0.6:
+        return f"{answer} {closer}"
+    return f"{opener} {answer} {closer}"
+
+
+class CandidateMaker:
+    """Produces K candidates for a batch of rows, by either method."""
+
+    def __init__(self, config: SynthesisConfig) -> None:
+        self.config = config
+        self.bank = phrase_bank(config.emotion) if config.method == "framing" else None
+        self.host: Any = None
+
+    def __call__(self, rows: Sequence[Row], batch_seed: int) -> list[list[str]]:
+        k = self.config.candidates
+        if self.config.method == "framing":
+            assert self.bank is not None
+            rng = random.Random(batch_seed)
+            return [[frame(r.answer or "", self.bank, rng) for _ in range(k)] for r in rows]
+        from irm.hosts.generation import generate
+        from irm.hosts.loading import load_host
+
+        if self.host is None:
+            self.host = load_host(self.config.generator)
+        prompts = [
+            self.config.prompt_template.format(tone=TONE[self.config.emotion], question=r.question, answer=r.answer)
+            for r in rows for _ in range(k)
+        ]
+        outs = generate(
+            self.host, prompts, greedy=False, temperature=self.config.temperature, seed=batch_seed,
+            max_new_tokens=self.config.max_new_tokens, batch_size=max(1, self.config.batch_size * k),
+        )
+        texts = [_clean(g.text) for g in outs]
+        return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
+
+
+def _clean(text: str) -> str:
+    text = text.strip().strip('"').strip()
+    text = re.sub(r"^(rewritten answer|answer)\s*:\s*", "", text, flags=re.I)
+    return text
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _read_partial(path: Path) -> dict[int, dict[str, Any] | None]:
+    done: dict[int, dict[str, Any] | None] = {}
+    if path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a crash: redo that batch
+                done[int(item["index"])] = item.get("row")
+    return done
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    """Write rows as CSV, JSONL or Parquet (by suffix), atomically."""
+    import pandas as pd
+
+    kind = FORMATS.get(out.suffix.lower())
+    if kind is None:
+        raise DataError(f"{out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
+    from irm.core.io import atomic_write
+
+    frame_ = pd.DataFrame(rows)
+    writers = {
+        "csv": lambda p: frame_.to_csv(p, index=False),
+        "jsonl": lambda p: frame_.to_json(p, orient="records", lines=True, force_ascii=False),
+        "parquet": lambda p: frame_.to_parquet(p, index=False),
+    }
+    atomic_write(out, writers[kind])  # a full disk becomes a clear error and leaves no temporary file
+
+
+def synthesize(
+    config: SynthesisConfig,
+    out: str | Path,
+    *,
+    rows: Sequence[Row] | None = None,
+    scorer: EmotionScorer | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    origin: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a synthesis and return its provenance record."""
+    from irm.data.sources import load_source
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source_rows = list(rows) if rows is not None else load_source(config.source)
+    if config.limit:
+        source_rows = source_rows[: config.limit]
+    scorer = scorer or EmotionScorer()
+    maker = CandidateMaker(config)
+    origin = origin or (f"rewrite:{config.generator}" if config.method == "rewrite" else "framing")
+    partial = _partial_path(out)
+    done = _read_partial(partial)
+    started = time.time()
+    todo = [i for i in range(len(source_rows)) if i not in done]
+    with open(partial, "a", encoding="utf-8") as log:
+        for start in range(0, len(todo), config.batch_size):
+            idx = todo[start : start + config.batch_size]
+            batch = [source_rows[i] for i in idx]
+            cands = maker(batch, batch_seed=config.seed * 1_000_003 + idx[0])
+            flat = [c for cs in cands for c in cs]
+            scores = scorer.score(flat)
+            k = config.candidates
+            for j, (i, row) in enumerate(zip(idx, batch)):
+                best: dict[str, Any] | None = None
+                for text, score in zip(cands[j], scores[j * k : (j + 1) * k]):
+                    if not text or not accepts(score, config.emotion, config.margin):
+                        continue
+                    kept = facts_kept(row.answer or "", text)
+                    key = (kept, score.probs[config.emotion])
+                    if best is None or key > (best["facts_kept"], best[f"p_{config.emotion}"]):
+                        best = {"question": row.question, "answer": text, "origin": origin, "source_answer": row.answer,
+                                "emotion": config.emotion, "facts_kept": round(kept, 4), **score.to_dict()}
+                done[i] = best
+                log.write(json.dumps({"index": i, "row": best}, ensure_ascii=False) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            if progress:
+                progress(len(done), len(source_rows))
+    kept_rows = [done[i] for i in range(len(source_rows)) if done.get(i)]
+    write_table(kept_rows, out)
+    provenance = {
+        "output": str(out), "config": asdict(config), "origin": origin,
+        "source_rows": len(source_rows), "kept": len(kept_rows), "dropped": len(source_rows) - len(kept_rows),
+        "median_facts_kept": statistics.median([r["facts_kept"] for r in kept_rows]) if kept_rows else None,
+        "prompt_template": config.prompt_template if config.method == "rewrite" else None,
+        "seconds": round(time.time() - started, 1),
+    }
+    out.with_name(out.name + ".provenance.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    partial.unlink(missing_ok=True)
+    return provenance

@@ -1,0 +1,275 @@
+"""Evaluate adapters (IRMs, low-rank IRMs, steering vectors) against the bare host.
+
+Every condition -- the host alone, and each adapter at each strength -- generates for the
+same prompts with the same seeds and decoding, and is measured on:
+
+``target`` / ``target_top`` / ``target_gain``
+    the validated emotion scorer's probability of the target emotion, the share of
+    generations whose top emotion is the target, and the paired per-generation gain in
+    that probability over the host alone (same prompt, same seed);
+``valence``
+    VADER compound score, -1 (negative) to +1 (positive);
+``perplexity``
+    of each continuation under the bare host (see :func:`irm.evaluation.metrics.continuation_perplexity`);
+``distinct_1`` / ``distinct_2`` / ``repetition`` / ``length``
+    corpus distinct-n, per-text seq-rep-4 and continuation length in host tokens;
+``drift``
+    mean ``KL(P_adapter || P_host)`` of next-token distributions over the prompt positions.
+
+Every value is a mean with a 95% bootstrap interval over generations (over prompts for
+``drift``; over texts, resampled as a whole corpus, for distinct-n).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from irm.core.adapters import Adapter, adapter_kind
+from irm.core.attach import attach, check_strength
+from irm.core.config import IRMConfig
+from irm.errors import IRMError
+from irm.hosts.generation import Generation, generate
+from irm.evaluation.metrics import Estimate, bootstrap_ci, continuation_perplexity, distinct_n, prompt_kl, repetition_rate
+from irm.evaluation.scoring import LABELS, EmotionScore
+
+METRICS: dict[str, str] = {
+    "target": "p(target)",
+    "target_top": "top = target",
+    "target_gain": "gain vs host",
+    "valence": "valence",
+    "perplexity": "perplexity",
+    "distinct_1": "distinct-1",
+    "distinct_2": "distinct-2",
+    "repetition": "rep-4",
+    "length": "tokens",
+    "drift": "KL drift",
+}
+HOST = "host"
+
+
+class Scorer(Protocol):
+    def score(self, texts: Sequence[str]) -> list[EmotionScore]: ...
+
+
+@dataclass
+class Condition:
+    """One row of the report: ``adapter`` (or the host alone) at ``strength``."""
+
+    name: str
+    adapter: str
+    kind: str
+    strength: float
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "adapter": self.adapter, "kind": self.kind, "strength": self.strength,
+                "metrics": {k: e._asdict() for k, e in self.metrics.items()}}
+
+
+@dataclass
+class EvalReport:
+    host: str
+    target_emotion: str
+    prompts: int
+    samples: int
+    settings: dict[str, Any]
+    conditions: list[Condition]
+    generations: list[dict[str, Any]]
+
+    def get(self, adapter: str, strength: float | None = None) -> Condition:
+        for c in self.conditions:
+            if c.adapter == adapter and (strength is None or c.strength == strength):
+                return c
+        raise KeyError(f"no condition {adapter} x{strength}")
+
+    def curves(self) -> dict[str, list[dict[str, Any]]]:
+        """Per adapter, the alignment-versus-fluency curve over strengths (0 = host alone)."""
+        host = self.get(HOST)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for c in self.conditions:
+            if c.adapter != HOST:
+                out.setdefault(c.adapter, [_curve_point(0.0, host)]).append(_curve_point(c.strength, c))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "target_emotion": self.target_emotion, "prompts": self.prompts, "samples": self.samples,
+                "settings": self.settings, "conditions": [c.to_dict() for c in self.conditions], "curves": self.curves()}
+
+
+def _curve_point(strength: float, c: Condition) -> dict[str, Any]:
+    return {"strength": strength, "target": c.metrics["target"]._asdict(), "perplexity": c.metrics["perplexity"]._asdict()}
+
+
+def target_emotion(config: IRMConfig) -> str | None:
+    """The emotion an adapter was made for: ``extra["emotion"]``, else read from the name of
+    its training data (``builtin:anger``, ``anger_rows.csv`` ...); None when unknown."""
+    if config.extra.get("emotion") in LABELS:
+        return str(config.extra["emotion"])
+    source = str(config.extra.get("data") or config.extra.get("target") or "")
+    name = source.removeprefix("builtin:")
+    name = Path(name).stem.lower() if name else ""
+    return next((label for label in LABELS if label != "neutral" and name.startswith(label)), None)
+
+
+def resolve_emotion(adapters: dict[str, Adapter], emotion: str | None = None) -> str:
+    """``emotion`` if given, else the one emotion the adapters name (those that name none
+    are left out); an :class:`IRMError` when they name none or several."""
+    if emotion is not None:
+        return emotion
+    found = sorted({target_emotion(a.config) for a in adapters.values()} - {None})
+    if len(found) != 1:
+        raise IRMError(
+            "cannot tell the target emotion from the adapters" + (f" (they say {', '.join(found)})" if found else ""),
+            hint="pass --emotion anger (or sadness, joy)",
+        )
+    return found[0]
+
+
+def evaluate(
+    host: Any,
+    adapters: dict[str, Adapter],
+    prompts: Sequence[str],
+    *,
+    target: str,
+    strengths: Sequence[float] = (1.0,),
+    samples: int = 1,
+    seed: int = 0,
+    max_new_tokens: int = 48,
+    greedy: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    chat: bool = True,
+    n_boot: int = 1000,
+    scorer: Scorer | None = None,
+) -> EvalReport:
+    """Generate with the host alone and with every adapter at every non-zero strength, and
+    measure each condition (see the module docstring)."""
+    if target not in LABELS:
+        raise IRMError(f"unknown target emotion {target!r}", hint=f"use one of {', '.join(LABELS)}")
+    if not prompts:
+        raise IRMError("no prompts to evaluate on")
+    if samples < 1 or (greedy and samples > 1):
+        raise IRMError(f"bad --samples {samples}", hint="use >= 1 samples per prompt, and 1 with greedy decoding (it is deterministic)")
+    strengths = [check_strength(s) for s in strengths if s != 0]
+    if adapters and not strengths:
+        raise IRMError("no non-zero strength to evaluate the adapters at", hint="e.g. --strength 0,1 or --strength 0.5,1,2")
+    plan: list[tuple[str, Adapter | None, float]] = [(HOST, None, 0.0)]
+    plan += [(name, adapter, s) for name, adapter in adapters.items() for s in strengths]
+    options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, chat=chat)
+
+    runs: list[list[Generation]] = []
+    drifts: list[list[float]] = []
+    for _, adapter, strength in plan:
+        if adapter is None:
+            runs.append(_generate(host, prompts, samples, seed, options))
+            drifts.append([0.0] * len(prompts))
+            continue
+        with attach(host, adapter, strength=strength):
+            runs.append(_generate(host, prompts, samples, seed, options))
+        drifts.append(prompt_kl(host, adapter, prompts, strength=strength, chat=chat))
+
+    flat = [g for run in runs for g in run]
+    scores = (scorer or _default_scorer()).score([g.text for g in flat])
+    ppl = continuation_perplexity(host, [g.prompt for g in flat], [g.token_ids for g in flat], chat=chat)
+    per_run = len(prompts) * samples
+    host_target = [s.probs[target] for s in scores[:per_run]]
+    conditions, records = [], []
+    for i, ((name, adapter, strength), run, drift) in enumerate(zip(plan, runs, drifts)):
+        sc, pp = scores[i * per_run : (i + 1) * per_run], ppl[i * per_run : (i + 1) * per_run]
+        kind = HOST if adapter is None else adapter_kind(adapter.config)
+        label = HOST if adapter is None else f"{name} x{strength:g}"
+        conditions.append(Condition(label, name, kind, strength, _measure(run, sc, pp, drift, host_target, target, n_boot, seed)))
+        for j, (g, s) in enumerate(zip(run, sc)):
+            records.append({"condition": label, "adapter": name, "strength": strength, "prompt": g.prompt, "sample": j // len(prompts),
+                            "text": g.text, "tokens": len(g.token_ids), "top": s.top, f"p_{target}": round(s.probs[target], 4),
+                            "valence": round(s.valence, 4), "perplexity": round(pp[j], 3) if math.isfinite(pp[j]) else None})
+    settings = {"seed": seed, "n_boot": n_boot, "confidence": 0.95, "kl": "KL(P_adapter || P_host), nats, mean over prompt positions",
+                "strengths": strengths, **options}
+    return EvalReport(host.name, target, len(prompts), samples, settings, conditions, records)
+
+
+def _measure(
+    run: list[Generation], scores: list[EmotionScore], ppl: list[float], drift: list[float], host_target: list[float],
+    target: str, n_boot: int, seed: int,
+) -> dict[str, Estimate]:
+    """Every metric of one condition, each a mean with its bootstrap interval."""
+    texts = [g.text for g in run]
+    probs = [s.probs[target] for s in scores]
+    values = {
+        "target": probs,
+        "target_top": [float(s.top == target) for s in scores],
+        "target_gain": [p - h for p, h in zip(probs, host_target)],
+        "valence": [s.valence for s in scores],
+        "perplexity": ppl,
+        "repetition": [repetition_rate(t) for t in texts],
+        "length": [float(len(g.token_ids)) for g in run],
+        "drift": drift,
+    }
+    ci = {k: bootstrap_ci(v, n_boot=n_boot, seed=seed) for k, v in values.items()}
+    for n in (1, 2):
+        ci[f"distinct_{n}"] = bootstrap_ci(texts, statistic=lambda ts, n=n: distinct_n(ts, n), n_boot=n_boot, seed=seed, bounds=(0, 1))
+    return {k: ci[k] for k in METRICS}
+
+
+def _generate(host: Any, prompts: Sequence[str], samples: int, seed: int, options: dict[str, Any]) -> list[Generation]:
+    """``samples`` passes over ``prompts``; pass ``k`` uses seed ``seed + 100003 k`` in every condition."""
+    return [g for k in range(samples) for g in generate(host, prompts, seed=seed + 100_003 * k, **options)]
+
+
+def _default_scorer() -> Scorer:
+    from irm.evaluation.scoring import EmotionScorer
+
+    return EmotionScorer()
+
+
+# ---------------------------------------------------------------- writing
+def write_report(report: EvalReport, out: str | Path) -> dict[str, Path]:
+    """``report.json``, ``report.csv`` (one row per condition, mean/lo/hi per metric),
+    ``generations.jsonl`` and ``curve.png`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("report.json", "report.csv", "generations.jsonl", "curve.png")}
+    paths["report.json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    with open(paths["report.csv"], "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["condition", "adapter", "kind", "strength"] + [f"{m}_{p}" for m in METRICS for p in Estimate._fields])
+        for c in report.conditions:
+            writer.writerow([c.name, c.adapter, c.kind, c.strength] + [v for m in METRICS for v in c.metrics[m]])
+    with open(paths["generations.jsonl"], "w", encoding="utf-8") as fh:
+        for record in report.generations:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    plot_curves(report, paths["curve.png"])
+    return paths
+
+
+def plot_curves(report: EvalReport, path: str | Path) -> None:
+    """Target-emotion probability against perplexity, one line per adapter over its
+    strengths (from the host alone at 0), with 95% intervals on both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, points in report.curves().items():
+        xs = [p["perplexity"]["mean"] for p in points]
+        ys = [p["target"]["mean"] for p in points]
+        xerr = [[x - p["perplexity"]["lo"] for x, p in zip(xs, points)], [p["perplexity"]["hi"] - x for x, p in zip(xs, points)]]
+        yerr = [[y - p["target"]["lo"] for y, p in zip(ys, points)], [p["target"]["hi"] - y for y, p in zip(ys, points)]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=name)
+        for x, y, p in zip(xs, ys, points):
+            ax.annotate(f"x{p['strength']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("perplexity of the continuation under the bare host (lower = more fluent)")
+    ax.set_ylabel(f"p({report.target_emotion}) from the emotion scorer")
+    ax.set_title(f"alignment vs fluency on {report.host}")
+    if report.curves():
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,83 @@
+"""Text generation with the host's chat template, left-padded batches and a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import BatchEncoding
+
+from irm.hosts.loading import Host
+
+
+def format_prompt(host: Host, prompt: str, *, chat: bool = True) -> str:
+    """The prompt as the host expects it: its chat template when it has one (and ``chat``),
+    else ``Question: ...\\nAnswer:``."""
+    if chat and host.has_chat_template:
+        return host.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return f"Question: {prompt}\nAnswer:"
+
+
+def encode_prompts(host: Host, prompts: Sequence[str], *, chat: bool = True) -> BatchEncoding:
+    """Tokenise a batch, left-padded so that every row ends at its last prompt token."""
+    texts = [format_prompt(host, p, chat=chat) for p in prompts]
+    tok = host.tokenizer
+    previous = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        # Chat templates already contain the special tokens they need.
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not (chat and host.has_chat_template))
+    finally:
+        tok.padding_side = previous
+    return enc.to(host.device)
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    token_ids: list[int]
+
+
+@torch.no_grad()
+def generate(
+    host: Host,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    greedy: bool = True,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int | None = 0,
+    chat: bool = True,
+    batch_size: int = 16,
+    **generate_kwargs: Any,
+) -> list[Generation]:
+    """Generate one continuation per prompt with whatever hooks are attached to ``host``."""
+    results: list[Generation] = []
+    tok = host.tokenizer
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        enc = encode_prompts(host, chunk, chat=chat)
+        if seed is not None:
+            torch.manual_seed(seed + start)
+        sampling: dict[str, Any] = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        out = host.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            **sampling,
+            **generate_kwargs,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for prompt, row in zip(chunk, new):
+            ids = row.tolist()
+            if tok.eos_token_id is not None and tok.eos_token_id in ids:
+                ids = ids[: ids.index(tok.eos_token_id)]
+            ids = [i for i in ids if i != tok.pad_token_id]
+            results.append(Generation(prompt=prompt, text=tok.decode(ids, skip_special_tokens=True).strip(), token_ids=ids))
+    return results

