@@ -11,14 +11,14 @@ import torch
 from conftest import nontrivial_irm
 
 import irm
-from irm.analysis import statistics as A
 from irm import cli
-from irm.evaluation.ablation import ablate, zero_indices
-from irm.analysis.pipeline import AnalyzeOptions, analyze
-from irm.hosts.generation import encode_prompts
+from irm.analysis import statistics as A
 from irm.analysis.heatmaps import heatmap_figure, pool_columns, save_heatmap
 from irm.analysis.outliers import host_outlier_dims
+from irm.analysis.pipeline import AnalyzeOptions, analyze
 from irm.analysis.recording import load_recording, record, save_recording
+from irm.evaluation.ablation import ablate, zero_indices
+from irm.hosts.generation import encode_prompts
 
 PROMPTS = ["Hi", "What is the capital of France?", "Name a colour, please."]
 
@@ -274,9 +274,9 @@ def test_residual_gradients_equal_finite_differences_of_the_loss():
     """The zero-probe gradient at (index i, layer l) is d loss / d h_l[i] summed over positions:
     adding eps at index i of layer l at every position changes the loss by eps times it
     (central differences on the full-logits loss)."""
-    from irm.data.rows import Row, collate, tokenize_rows
     from irm.analysis.gradients import residual_gradients
     from irm.core.steering import SteeringVector, steering_config
+    from irm.data.rows import Row, collate, tokenize_rows
 
     host = irm.load_host("tiny-random-llama", device="cpu")
     host.model.double()
@@ -320,8 +320,8 @@ def test_analyze_compares_with_host_gradients(tiny_llama, tmp_path, monkeypatch,
     summary = json.loads(capsys.readouterr().out)
     g = summary["host_gradients"]
     assert g["data"] == str(data) and g["layers"] == [0, 2, 3] and g["tokens"] > 0
-    from irm.data.rows import read_rows
     from irm.analysis.gradients import residual_gradients
+    from irm.data.rows import read_rows
 
     direct = residual_gradients(tiny_llama, read_rows(data), [0, 2, 3], max_length=64)  # all 6 rows: fewer than --gradient-rows
     assert g["top_indices"] == direct.summary(3)["top_indices"]

@@ -388,9 +388,10 @@ def fill_disk(monkeypatch, folder: Path, *, after: int = 0) -> list[str]:
 
 def fill_disk_for_safetensors(monkeypatch) -> list[str]:
     """Make safetensors' (Rust) writer fail as it does on a full disk, after writing half."""
-    import irm.core.network
     from safetensors import SafetensorError
     from safetensors.torch import save
+
+    import irm.core.network
 
     failed: list[str] = []
 

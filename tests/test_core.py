@@ -236,8 +236,8 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, tiny_llama,
     mode a plain open() gives under the user's umask, as must checkpoints."""
     import os
 
-    from irm.training.module import AtomicCheckpointIO
     from irm.analysis.recording import record, save_recording
+    from irm.training.module import AtomicCheckpointIO
 
     old = os.umask(umask)
     try:

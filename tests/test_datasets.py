@@ -10,8 +10,19 @@ import pandas as pd
 import pytest
 
 from irm.data.rows import builtin_dir, check_data, read_rows
-from irm.evaluation.scoring import LABELS, EmotionScorer, evaluate_scorer, scoring_data_dir
-from irm.data.synthesis import SynthesisConfig, content_words, facts_kept, near_duplicate_rate, synthesize
+from irm.data.synthesis import (
+    SynthesisConfig,
+    content_words,
+    facts_kept,
+    near_duplicate_rate,
+    synthesize,
+)
+from irm.evaluation.scoring import (
+    LABELS,
+    EmotionScorer,
+    evaluate_scorer,
+    scoring_data_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EMOTIONS = ("anger", "sadness", "joy", "neutral")

@@ -16,11 +16,29 @@ from conftest import nontrivial_irm
 import irm
 from irm.core.adapters import adapter_kind, load_adapter
 from irm.core.config import IRMConfig
+from irm.core.steering import (
+    SteeringVector,
+    fit_steering_vector,
+    mean_answer_states,
+    steering_config,
+)
 from irm.data.rows import Row, builtin_dir, read_pairs, read_prompts
-from irm.evaluation.evaluate import HOST, evaluate, resolve_emotion, target_emotion, write_report
-from irm.evaluation.metrics import bootstrap_ci, continuation_perplexity, distinct_n, prompt_ids, prompt_kl, repetition_rate
+from irm.evaluation.evaluate import (
+    HOST,
+    evaluate,
+    resolve_emotion,
+    target_emotion,
+    write_report,
+)
+from irm.evaluation.metrics import (
+    bootstrap_ci,
+    continuation_perplexity,
+    distinct_n,
+    prompt_ids,
+    prompt_kl,
+    repetition_rate,
+)
 from irm.evaluation.scoring import EmotionScore
-from irm.core.steering import SteeringVector, fit_steering_vector, mean_answer_states, steering_config
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]

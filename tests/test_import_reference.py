@@ -11,7 +11,10 @@ import pytest
 import torch
 
 import irm
-from irm.training.reference_import import import_reference_checkpoint, read_reference_checkpoint
+from irm.training.reference_import import (
+    import_reference_checkpoint,
+    read_reference_checkpoint,
+)
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 H, N_LAYERS = 64, 4

@@ -62,7 +62,7 @@ def test_legacy_run_reports_and_evaluates(tmp_path):
     assert page.returncode == 0, page.stderr
     html = (run / "report.html").read_text()
     assert "tiny-random-llama" in html and "<img" in html
-    ev = _irm("evaluate", "--irm", str(run / "irm"), "--host", "tiny-random-llama", "--max-prompts", "2", "--max-new-tokens", "4",
+    ev = _irm("evaluate", "--irm", str(run), "--host", "tiny-random-llama", "--max-prompts", "2", "--max-new-tokens", "4",
               "--strength", "1", "--out", str(tmp_path / "eval"), "--json", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert (tmp_path / "eval" / "report.json").is_file()

@@ -5,11 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_training import write_qa
 
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
-from test_training import write_qa
 
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

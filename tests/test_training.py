@@ -15,9 +15,20 @@ import torch
 from safetensors.torch import load_file
 
 import irm
-from irm.data.rows import IGNORE_INDEX, LengthGroupedBatches, Row, collate, tokenize_rows
-from irm.training.module import IRMTrainingModule, output_penalty, target_loss, token_loss
+from irm.data.rows import (
+    IGNORE_INDEX,
+    LengthGroupedBatches,
+    Row,
+    collate,
+    tokenize_rows,
+)
 from irm.training.config import TrainConfig
+from irm.training.module import (
+    IRMTrainingModule,
+    output_penalty,
+    target_loss,
+    token_loss,
+)
 from irm.training.run import train
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
@@ -160,9 +171,9 @@ def test_sigkill_then_resume_gives_the_same_irm(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "irm").exists()
-    from irm.training.run import metrics_files
+    from irm.training.rundir import RunDir
 
-    before = {f: f.read_bytes() for f in metrics_files(run)}
+    before = {f: f.read_bytes() for f in RunDir(run).metrics_files()}
     saved_step = torch.load(ckpt, weights_only=True)["global_step"]
     assert 0 < saved_step < 150
     resumed = _run(["train", "--resume", str(run), "--no-progress", "--json"])
@@ -173,7 +184,7 @@ def test_sigkill_then_resume_gives_the_same_irm(tmp_path):
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
     assert not list(run.glob("checkpoints/*.tmp"))
-    files = metrics_files(run)  # the metrics logged before the kill are kept
+    files = RunDir(run).metrics_files()  # the metrics logged before the kill are kept
     assert files[-1].parent.name == "csv-resumed-1"
     assert all(before[f] == f.read_bytes()[: len(before[f])] for f in before)
 

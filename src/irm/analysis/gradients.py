@@ -19,8 +19,8 @@ import torch
 
 from irm.analysis.statistics import index_profile, striation, top_k
 from irm.core.attach import attach
-from irm.data.rows import Row, collate, tokenize_rows
 from irm.core.steering import SteeringVector, steering_config
+from irm.data.rows import Row, collate, tokenize_rows
 
 
 @dataclass

@@ -20,14 +20,31 @@ from typing import Any
 
 import numpy as np
 
-from irm.analysis.statistics import coincidence, consistency, describe, index_profile, mean_abs_map, per_token_stats, spearman, striation, top_k
+from irm.analysis.gradients import ResidualGradients, residual_gradients
+from irm.analysis.heatmaps import save_animation, save_heatmap
+from irm.analysis.outliers import HostOutliers, host_outlier_dims
+from irm.analysis.recording import (
+    Recording,
+    is_recording,
+    load_recording,
+    record,
+    save_recording,
+)
+from irm.analysis.statistics import (
+    coincidence,
+    consistency,
+    describe,
+    index_profile,
+    mean_abs_map,
+    per_token_stats,
+    spearman,
+    striation,
+    top_k,
+)
 from irm.data.rows import read_prompts, read_rows
 from irm.errors import IRMError
-from irm.analysis.heatmaps import save_animation, save_heatmap
 from irm.hosts.loading import Host, load_host
-from irm.analysis.gradients import ResidualGradients, residual_gradients
-from irm.analysis.outliers import HostOutliers, host_outlier_dims
-from irm.analysis.recording import Recording, is_recording, load_recording, record, save_recording
+from irm.training.rundir import RunDir
 
 
 @dataclass
@@ -104,18 +121,19 @@ def open_input(path: str | Path, hosts: _Hosts) -> Recording:
     path = Path(path)
     if is_recording(path):
         return load_recording(path)
-    if (path / "irm").is_dir():
-        if is_recording(path / "record"):
-            return load_recording(path / "record")
+    run = RunDir(path)
+    if run.irm.is_dir():
+        if is_recording(run.record):
+            return load_recording(run.record)
         from irm.core.config import IRMConfig
         from irm.core.network import IRM
 
-        host = hosts.host(IRMConfig.load(path / "irm").host.name)
-        irm = IRM.from_pretrained(path / "irm", host, device=host.device)
+        host = hosts.host(IRMConfig.load(run.irm).host.name)
+        irm = IRM.from_pretrained(run.irm, host, device=host.device)
         prompts = read_prompts(hosts.options.prompts, limit=hosts.options.prompt_limit)
         rec = record(host, irm, prompts, max_new_tokens=hosts.options.max_new_tokens)
-        save_recording(rec, path / "record", overwrite=True)
-        return load_recording(path / "record")
+        save_recording(rec, run.record, overwrite=True)
+        return load_recording(run.record)
     raise IRMError(f"{path} is neither a recording nor a run directory",
                    hint="pass a directory written by `irm record`, or a run directory of `irm train` (with RUN/irm)")
 

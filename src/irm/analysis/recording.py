@@ -45,11 +45,11 @@ from safetensors.numpy import save_file
 from torch import Tensor
 
 from irm.core.attach import attach
-from irm.errors import IRMError
 from irm.core.io import atomic_write
+from irm.core.network import IRM
+from irm.errors import IRMError
 from irm.hosts.generation import encode_prompts, generate
 from irm.hosts.loading import Host
-from irm.core.network import IRM
 
 OUTPUTS_FILE = "outputs.safetensors"
 TOKENS_FILE = "tokens.jsonl"

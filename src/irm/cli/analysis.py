@@ -20,17 +20,19 @@ LimitOpt = Annotated[Optional[int], Opt("--limit", min=1, help="Use only the fir
 
 
 def _irm_dir(path: Path) -> Path:
-    for candidate in (path, path / "irm"):
-        if (candidate / "irm_config.json").is_file():
-            return candidate
+    from irm.training.rundir import irm_dir_of
+
+    found = irm_dir_of(path)
+    if found is not None:
+        return found
     raise IRMError(f"{path} holds no IRM (no irm_config.json in it or in {path / 'irm'})",
                    hint="pass an IRM directory or a run directory of `irm train`")
 
 
 def _load(irm_path: Path, host_name: str | None, device: str, force: bool) -> tuple[Any, Any]:
     from irm.core.config import IRMConfig
-    from irm.hosts.loading import load_host
     from irm.core.network import IRM
+    from irm.hosts.loading import load_host
 
     directory = _irm_dir(irm_path)
     host = load_host(host_name or IRMConfig.load(directory).host.name, device=device)
@@ -72,11 +74,11 @@ def record(
     """
     import torch
 
+    from irm.analysis.recording import record as run_record
+    from irm.analysis.recording import save_recording
     from irm.core.attach import attach
     from irm.data.rows import read_prompts
     from irm.hosts.generation import generate
-    from irm.analysis.recording import record as run_record
-    from irm.analysis.recording import save_recording
 
     dtypes = {"float16": torch.float16, "float32": torch.float32}
     if dtype not in dtypes:
@@ -204,9 +206,9 @@ def ablate(
 
     Example: irm ablate --irm runs/anger --indices auto --k 1 --draws 5
     """
+    from irm.data.rows import read_prompts
     from irm.evaluation.ablation import ablate as run_ablate
     from irm.evaluation.ablation import dominant_indices
-    from irm.data.rows import read_prompts
 
     chosen = _parse_indices(indices)
     loaded_host, model = _load(irm, host, device, force)

@@ -12,7 +12,19 @@ import sys
 import typer
 from rich.markup import escape
 
-from irm.cli import analysis, data, demo, evaluate, generate, hosts, reference, report, steer, sweep, train
+from irm.cli import (
+    analysis,
+    data,
+    demo,
+    evaluate,
+    generate,
+    hosts,
+    reference,
+    report,
+    steer,
+    sweep,
+    train,
+)
 from irm.cli.options import err_console
 from irm.errors import IRMError
 

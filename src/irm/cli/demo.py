@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 
-
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
     max_steps: Annotated[int, typer.Option(help="Training steps (about 10 s each on a 2-core CPU).")] = 40,

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostOpt, JsonOpt, console
 from irm.errors import IRMError
+from irm.training.rundir import irm_dir_of
 
 
 def parse_strengths(text: str) -> list[float]:
@@ -24,7 +25,8 @@ def parse_strengths(text: str) -> list[float]:
 
 
 def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
-    """``NAME=DIR`` or ``DIR`` (named after the directory, or its parent for ``RUN/irm``)."""
+    """``NAME=DIR`` or ``DIR`` (named after the directory, or its parent for ``RUN/irm``); a run
+    folder stands for its ``RUN/irm``."""
     named: dict[str, Path] = {}
     for spec in specs:
         name, sep, rest = spec.partition("=")
@@ -33,6 +35,7 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
         else:
             path = Path(spec)
             name = path.parent.name if path.name == "irm" and path.parent.name else path.name
+        path = irm_dir_of(path) or path  # a run folder stands for its RUN/irm
         if name in named or name == "host":
             raise IRMError(f"two adapters are called {name!r}", hint="name them: --irm paper=DIR --irm lowrank=DIR")
         named[name] = path
@@ -77,7 +80,8 @@ def evaluate(
     """
     from irm.core.adapters import load_adapter
     from irm.data.rows import read_prompts
-    from irm.evaluation.evaluate import METRICS, evaluate as run_evaluate, resolve_emotion, write_report
+    from irm.evaluation.evaluate import METRICS, resolve_emotion, write_report
+    from irm.evaluation.evaluate import evaluate as run_evaluate
     from irm.hosts.loading import load_host
 
     strengths = parse_strengths(strength)

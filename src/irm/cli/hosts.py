@@ -11,7 +11,12 @@ from irm.cli.options import JsonOpt, console
 
 def hosts(as_json: JsonOpt = False) -> None:
     """List the built-in hosts and whether each is ready to load offline."""
-    from irm.hosts.loading import DEFAULT_HOST, builtin_hosts, is_cached, smollm2_cache_path
+    from irm.hosts.loading import (
+        DEFAULT_HOST,
+        builtin_hosts,
+        is_cached,
+        smollm2_cache_path,
+    )
 
     rows = []
     for name in builtin_hosts():

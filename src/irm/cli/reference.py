@@ -36,9 +36,12 @@ def import_reference(
         raise IRMError(f"--out {out} is a file, not a directory", hint="choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise IRMError(f"output directory {out} already exists", hint="pass --overwrite to write into it, or choose another --out")
-    from irm.hosts.loading import load_host
     from irm.core.layers import format_layers
-    from irm.training.reference_import import irm_from_reference, read_reference_checkpoint
+    from irm.hosts.loading import load_host
+    from irm.training.reference_import import (
+        irm_from_reference,
+        read_reference_checkpoint,
+    )
 
     ref = read_reference_checkpoint(ckpt)
     loaded_host = load_host(host, device="cpu")

@@ -41,10 +41,10 @@ def fit(
 
       irm steer fit --target my_angry.csv --neutral builtin:neutral --layers 10-12 --out runs/steer
     """
-    from irm.data.rows import read_pairs, read_rows
-    from irm.hosts.loading import load_host
     from irm.core.layers import format_layers
     from irm.core.steering import fit_steering_vector
+    from irm.data.rows import read_pairs, read_rows
+    from irm.hosts.loading import load_host
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise IRMError(f"output directory {out} already exists", hint="pass --overwrite or choose another --out")

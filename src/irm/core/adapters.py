@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from irm.core.config import IRMConfig
-from irm.errors import IRMError
 from irm.core.network import IRM
-from irm.core.steering import KIND as STEERING, SteeringVector
+from irm.core.steering import KIND as STEERING
+from irm.core.steering import SteeringVector
+from irm.errors import IRMError
 
 Adapter = IRM | SteeringVector
 

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from irm.core.network import IRM
 from irm.core.sites import SITES, ArchitectureSpec, resolve_architecture
 from irm.errors import IRMError, IRMMismatchError
-from irm.core.network import IRM
 
 if TYPE_CHECKING:
     from irm.core.steering import SteeringVector

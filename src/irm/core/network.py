@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from irm.core.config import CONFIG_NAME, IRMConfig
-from irm.errors import IRMError, IRMMismatchError, writing
 from irm.core.io import atomic_write_all
 from irm.core.layers import parse_layers
+from irm.errors import IRMError, IRMMismatchError, writing
 
 WEIGHTS_NAME = "model.safetensors"
 

@@ -23,11 +23,11 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from irm.core.config import CONFIG_NAME, IRMConfig
+from irm.core.io import atomic_write
+from irm.core.layers import parse_layers
+from irm.core.network import WEIGHTS_NAME
 from irm.data.rows import IGNORE_INDEX, Row, collate, tokenize_rows
 from irm.errors import IRMError, IRMMismatchError, writing
-from irm.core.layers import parse_layers
-from irm.core.io import atomic_write
-from irm.core.network import WEIGHTS_NAME
 
 KIND = "steering"
 

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 from irm.core.attach import attach
+from irm.core.network import IRM
 from irm.errors import IRMError
+from irm.evaluation.metrics import distinct_n
 from irm.hosts.generation import Generation, generate
 from irm.hosts.loading import Host
-from irm.evaluation.metrics import distinct_n
-from irm.core.network import IRM
 
 
 def zero_indices(indices: Sequence[int]) -> Callable[[Tensor], Tensor]:
@@ -40,8 +40,8 @@ def zero_indices(indices: Sequence[int]) -> Callable[[Tensor], Tensor]:
 
 def dominant_indices(host: Host, irm: IRM, prompts: Sequence[str], k: int, **options: Any) -> list[int]:
     """The ``k`` indices of largest mean ``|output|`` (summed over layers) while generating."""
-    from irm.analysis.statistics import index_profile, mean_abs_map, top_k
     from irm.analysis.recording import record
+    from irm.analysis.statistics import index_profile, mean_abs_map, top_k
 
     rec = record(host, irm, prompts, **options)
     return top_k(index_profile(mean_abs_map(rec.outputs)), k).indices

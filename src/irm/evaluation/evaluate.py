@@ -34,9 +34,16 @@ from irm.core.adapters import Adapter, adapter_kind
 from irm.core.attach import attach, check_strength
 from irm.core.config import IRMConfig
 from irm.errors import IRMError
-from irm.hosts.generation import Generation, generate
-from irm.evaluation.metrics import Estimate, bootstrap_ci, continuation_perplexity, distinct_n, prompt_kl, repetition_rate
+from irm.evaluation.metrics import (
+    Estimate,
+    bootstrap_ci,
+    continuation_perplexity,
+    distinct_n,
+    prompt_kl,
+    repetition_rate,
+)
 from irm.evaluation.scoring import LABELS, EmotionScore
+from irm.hosts.generation import Generation, generate
 
 METRICS: dict[str, str] = {
     "target": "p(target)",

@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from irm.core.sites import ArchitectureSpec, resolve_architecture
 from irm.core.config import HostIdentity, IRMConfig
+from irm.core.sites import ArchitectureSpec, resolve_architecture
 from irm.errors import HostError, IRMMismatchError
 from irm.hosts.tiny import TINY_CONFIGS, build_tiny, byte_tokenizer
 

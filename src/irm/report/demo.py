@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from irm.training.config import TrainConfig
+from irm.training.rundir import RunDir
 
 DEMO_PROMPTS = [
     "How do plants get water from the soil?",
@@ -57,19 +58,19 @@ def _step(console: Console, name: str, fn: Callable[[], object]) -> object:
 def side_by_side(run: Path, host_name: str, prompts: list[str], strengths: tuple[float, ...] = (1.0, 2.0), max_new_tokens: int = 40) -> Path:
     """Greedy generations with the IRM off and at each strength, written to RUN/generations.json."""
     from irm.core.attach import attach
+    from irm.core.network import IRM
     from irm.hosts.generation import generate
     from irm.hosts.loading import load_host
-    from irm.core.network import IRM
 
     host = load_host(host_name)
-    irm = IRM.from_pretrained(run / "irm", host, device=host.device)
+    irm = IRM.from_pretrained(RunDir(run).irm, host, device=host.device)
     rows = [{"prompt": p, "IRM off": g.text} for p, g in zip(prompts, generate(host, prompts, max_new_tokens=max_new_tokens))]
     with attach(host, irm) as handle:
         for s in strengths:
             handle.strength = s
             for row, g in zip(rows, generate(host, prompts, max_new_tokens=max_new_tokens)):
                 row[f"IRM x{s:g}"] = g.text
-    path = run / "generations.json"
+    path = RunDir(run).generations
     path.write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
@@ -98,24 +99,24 @@ def analyse(run: Path, settings: DemoSettings) -> object:
 
     options = AnalyzeOptions(k=10, token_plots=3, frames=12, prompt_limit=12, neutral_limit=12,
                              max_new_tokens=min(24, settings.max_new_tokens))
-    return analyze([run], run / "analysis", options)
+    return analyze([run], RunDir(run).analysis, options)
 
 
 def ablate_dominant(run: Path, settings: DemoSettings, emotion: str = "anger") -> Path:
     """Zero the IRM's dominant indices against as many random ones (RUN/ablation)."""
-    from irm.evaluation.ablation import ablate, dominant_indices
-    from irm.data.rows import read_prompts
-    from irm.hosts.loading import load_host
     from irm.core.network import IRM
+    from irm.data.rows import read_prompts
+    from irm.evaluation.ablation import ablate, dominant_indices
     from irm.evaluation.scoring import EmotionScorer
+    from irm.hosts.loading import load_host
 
     host = load_host(settings.host)
-    irm = IRM.from_pretrained(run / "irm", host, device=host.device)
+    irm = IRM.from_pretrained(RunDir(run).irm, host, device=host.device)
     prompts = read_prompts("builtin:prompts")[-12:]
     options = dict(max_new_tokens=min(24, settings.max_new_tokens))
     indices = dominant_indices(host, irm, prompts[:4], 3, **options)
     result = ablate(host, irm, indices, prompts, draws=3, scorer=EmotionScorer(), target=emotion, **options)
-    out = run / "ablation"
+    out = RunDir(run).ablation
     out.mkdir(exist_ok=True)
     path = out / "ablation.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -130,11 +131,11 @@ def evaluate_run(run: Path, settings: DemoSettings, emotion: str = "anger") -> o
     from irm.hosts.loading import load_host
 
     host = load_host(settings.host)
-    adapter = load_adapter(run / "irm", host)
+    adapter = load_adapter(RunDir(run).irm, host)
     prompts = read_prompts("builtin:prompts")[: settings.eval_prompts]
     report = evaluate(host, {"irm": adapter}, prompts, target=emotion, strengths=(1.0, 2.0),
                       max_new_tokens=settings.max_new_tokens, seed=0)
-    return write_report(report, run / "eval")
+    return write_report(report, RunDir(run).eval)
 
 
 def _optional_stages(settings: DemoSettings) -> list[tuple[str, Callable[[], object]]]:

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from irm.errors import IRMError
+from irm.training.rundir import RunDir
 
 SECTIONS = (("eval", "Evaluation: alignment and fluency"), ("analysis", "Inside the IRM: stripes and dominant indices"),
             ("ablation", "Ablation of dominant indices"))
@@ -99,9 +100,8 @@ def json_block(data: Any, title: str = "") -> str:
 
 
 def _training_curves(run: Path, workdir: Path) -> str:
-    from irm.training.run import metrics_files
 
-    files = metrics_files(run)
+    files = RunDir(run).metrics_files()
     if not files:
         return '<p class="muted">no training log</p>'
     import matplotlib
@@ -134,7 +134,7 @@ def _training_curves(run: Path, workdir: Path) -> str:
 
 
 def _generations(run: Path) -> str:
-    path = run / "generations.json"
+    path = RunDir(run).generations
     if not path.is_file():
         return ""
     rows = json.loads(path.read_text(encoding="utf-8"))
@@ -165,8 +165,8 @@ def run_report(run: Path, out: Path) -> Path:
     import tempfile
 
     parts = []
-    if (run / "summary.json").is_file():
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    summary = RunDir(run).read_summary()
+    if summary:
         keep = ("host", "data", "layers", "irm_parameters", "global_step", "epochs_completed", "train_loss", "val_loss",
                 "val_ppl", "test_loss", "real_tokens_per_second", "wall_seconds", "world_size", "ranks_identical")
         parts.append("<h2>Outcome</h2>" + key_values({k: summary[k] for k in keep if k in summary}))
@@ -175,8 +175,8 @@ def run_report(run: Path, out: Path) -> Path:
     parts.append(_generations(run))
     for folder, title in SECTIONS:
         parts.append(_section(run, folder, title))
-    if (run / "config.yaml").is_file():
-        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    if RunDir(run).config.is_file():
+        config = yaml.safe_load(RunDir(run).config.read_text(encoding="utf-8"))
         parts.append("<h2>Resolved configuration</h2>" + key_values(config))
     return _write(out, _page(f"irm run: {run.name}", "".join(parts)))
 
@@ -184,8 +184,8 @@ def run_report(run: Path, out: Path) -> Path:
 def sweep_report(sweep: Path, out: Path) -> Path:
     rows = []
     for run in sorted(p for p in (sweep / "runs").iterdir() if p.is_dir()):
-        page = run_report(run, run / "report.html")
-        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        page = run_report(run, RunDir(run).report)
+        summary = RunDir(run).read_summary()
         link = f'<a href="{_esc(page.relative_to(out.parent) if page.is_relative_to(out.parent) else page)}">{_esc(run.name)}</a>'
         rows.append({"run": link, "data": summary.get("data", ""), "layers": summary.get("layers", ""),
                      "steps": summary.get("global_step", ""), "val_loss": summary.get("val_loss", ""),
@@ -222,6 +222,6 @@ def build_report(target: str | Path, out: str | Path | None = None) -> Path:
         raise IRMError(f"{target} is not a directory", hint="pass a run directory (irm train --out) or a sweep directory")
     if (target / "runs").is_dir():
         return sweep_report(target, Path(out) if out else target / "report.html")
-    if not ((target / "config.yaml").is_file() or (target / "summary.json").is_file()):
+    if not RunDir(target).is_run():
         raise IRMError(f"{target} is neither a run nor a sweep directory", hint="it needs config.yaml (a run) or runs/ (a sweep)")
-    return run_report(target, Path(out) if out else target / "report.html")
+    return run_report(target, Path(out) if out else RunDir(target).report)

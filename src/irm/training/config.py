@@ -18,7 +18,6 @@ import yaml
 from irm.core.sites import SITES
 from irm.errors import IRMError, writing
 
-CONFIG_FILE = "config.yaml"
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
 HOST_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")

@@ -8,8 +8,8 @@ and outside every checkpoint: :meth:`IRMTrainingModule.state_dict` holds the IRM
 from __future__ import annotations
 
 import math
-import time
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from irm.core.attach import IRMHandle, attach
-from irm.data.rows import IGNORE_INDEX, Example, LengthGroupedBatches, collate
-from irm.errors import IRMError, TrainingDivergedError, writing
 from irm.core.io import temporary_file_beside
 from irm.core.network import IRM
+from irm.data.rows import IGNORE_INDEX, Example, LengthGroupedBatches, collate
+from irm.errors import IRMError, TrainingDivergedError, writing
 from irm.training.config import TrainConfig
 
 

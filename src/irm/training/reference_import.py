@@ -25,10 +25,10 @@ import torch
 from torch import Tensor
 
 from irm.core.config import IRMConfig
-from irm.errors import IRMError, IRMMismatchError
-from irm.hosts.loading import Host, embedding_fingerprint
 from irm.core.layers import format_layers, parse_layers
 from irm.core.network import IRM
+from irm.errors import IRMError, IRMMismatchError
+from irm.hosts.loading import Host, embedding_fingerprint
 
 _IRM_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?irm\.)basic_forward\.(?P<index>\d+)\.(?P<kind>weight|bias)$", re.IGNORECASE)
 _LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")

@@ -1,16 +1,7 @@
 """Train an IRM: build the run directory, the data, the Lightning trainer, and write the
 final IRM.
 
-Run directory layout::
-
-    RUN/
-      config.yaml            the fully resolved TrainConfig
-      split/                 train.jsonl, validation.jsonl, test.jsonl (the exact rows used)
-      checkpoints/last.ckpt  IRM + optimizer + scheduler + progress (no host weights)
-      logs/csv/metrics.csv   every logged metric
-      logs/tensorboard/      the same for TensorBoard
-      irm/                   the final IRM (irm_config.json + model.safetensors)
-      summary.json           losses, token counts, speed, truncation, rank consistency
+The run directory's layout is :class:`irm.training.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -29,13 +20,12 @@ from typing import Any
 
 import torch
 
+from irm.core.network import IRM
 from irm.data.rows import Row, read_rows, split_rows, tokenize_rows, write_jsonl
 from irm.errors import DiskFullError, IRMError, TrainingDivergedError, writing
 from irm.hosts.loading import load_host
-from irm.core.network import IRM
-from irm.training.config import CONFIG_FILE, TrainConfig
-
-SPLITS = ("train", "validation", "test")
+from irm.training.config import TrainConfig
+from irm.training.rundir import SPLITS, RunDir
 
 
 @dataclass
@@ -183,7 +173,7 @@ def _after_failure(state: _RunState, config: TrainConfig, exc: BaseException) ->
     input or a fault before the first checkpoint leaves nothing behind); otherwise it is kept
     with its last good checkpoint."""
     run = state.run
-    checkpoint = run / "checkpoints" / "last.ckpt" if run is not None else None
+    checkpoint = RunDir(run).checkpoint if run is not None else None
     has_checkpoint = checkpoint is not None and checkpoint.is_file()
     removed = False
     if isinstance(exc, Exception) and state.created and not has_checkpoint and run is not None and not _is_launcher_child():
@@ -210,23 +200,6 @@ def _after_failure(state: _RunState, config: TrainConfig, exc: BaseException) ->
     return None
 
 
-def _csv_version(run: Path, *, resumed: bool) -> str:
-    """``csv`` for a fresh run; ``csv-resumed-N`` after each resume, so that the metrics
-    logged before an interruption are kept (Lightning would overwrite that file)."""
-    if not resumed:
-        return "csv"
-    n = 1
-    while (run / "logs" / f"csv-resumed-{n}").exists():
-        n += 1
-    return f"csv-resumed-{n}"
-
-
-def metrics_files(run: Path) -> list[Path]:
-    """Every CSV metrics file of a run, in the order they were written."""
-    logs = run / "logs"
-    return [p for p in [logs / "csv" / "metrics.csv"] + sorted(logs.glob("csv-resumed-*/metrics.csv"), key=lambda p: int(p.parent.name.rsplit("-", 1)[1])) if p.is_file()]
-
-
 def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> TrainResult:
     """Train (or resume) one run and return where its IRM was written.
 
@@ -247,7 +220,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: b
 def _read_split(run: Path) -> dict[str, list[Row]]:
     out = {}
     for split in SPLITS:
-        path = run / "split" / f"{split}.jsonl"
+        path = RunDir(run).split(split)
         out[split] = read_rows(path) if path.is_file() and path.stat().st_size else []
     return out
 
@@ -277,7 +250,13 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from irm.training.module import AtomicCheckpointIO, IRMTrainingModule, PeriodicCheckpoint, ThroughputMeter, check_finite_weights
+    from irm.training.module import (
+        AtomicCheckpointIO,
+        IRMTrainingModule,
+        PeriodicCheckpoint,
+        ThroughputMeter,
+        check_finite_weights,
+    )
 
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen host, by design
@@ -288,14 +267,14 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
     checkpoint: Path | None = None
     if resume is not None:
         run = Path(resume)
-        if not (run / CONFIG_FILE).is_file():
-            raise IRMError(f"{run} is not a run directory (no {CONFIG_FILE})", hint="pass the --out directory of an earlier `irm train`")
-        saved = TrainConfig.from_yaml(run / CONFIG_FILE)
+        if not RunDir(run).config.is_file():
+            raise IRMError(f"{run} is not a run directory (no {RunDir(run).config.name})", hint="pass the --out directory of an earlier `irm train`")
+        saved = TrainConfig.from_yaml(RunDir(run).config)
         # Where to run may change on resume; what to train may not.
         for key in ("devices", "num_nodes", "strategy", "accelerator"):
             setattr(saved, key, getattr(config, key))
         config = saved
-        checkpoint = run / "checkpoints" / "last.ckpt"
+        checkpoint = RunDir(run).checkpoint
         if not checkpoint.is_file():
             checkpoint = None  # killed before the first checkpoint: start over in place
         splits = _read_split(run)
@@ -338,18 +317,19 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
             run = _prepare_run_dir(config, overwrite)
             state.created = True
         state.run = run
-        with writing(run / "split"):
-            (run / "split").mkdir(parents=True, exist_ok=True)
-            (run / "checkpoints").mkdir(exist_ok=True)
+        layout = RunDir(run)
+        with writing(layout.split_dir):
+            layout.split_dir.mkdir(parents=True, exist_ok=True)
+            layout.checkpoints.mkdir(exist_ok=True)
             config.out = str(run)
-            config.save(run / CONFIG_FILE)
+            config.save(layout.config)
             if resume is None:
                 for split in SPLITS:
-                    write_jsonl(splits[split], run / "split" / f"{split}.jsonl")
+                    write_jsonl(splits[split], layout.split(split))
     module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], host.tokenizer.pad_token_id)
     has_val = bool(examples["validation"])
     meter = ThroughputMeter()
-    callbacks: list[Any] = [PeriodicCheckpoint(run / "checkpoints" / "last.ckpt", config.checkpoint_every), meter, LearningRateMonitor("step")]
+    callbacks: list[Any] = [PeriodicCheckpoint(RunDir(run).checkpoint, config.checkpoint_every), meter, LearningRateMonitor("step")]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=config.patience, mode="min", check_on_train_epoch_end=False))
     n_batches = max(1, len(examples["train"]) // (config.batch_size * config.devices * config.num_nodes))
@@ -365,9 +345,9 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         max_steps=config.max_steps,
         accumulate_grad_batches=config.accumulate,
         gradient_clip_val=config.grad_clip,
-        logger=[CSVLogger(str(run), name="logs", version=_csv_version(run, resumed=checkpoint is not None),
+        logger=[CSVLogger(str(run), name="logs", version=RunDir(run).csv_version(resumed=checkpoint is not None),
                           flush_logs_every_n_steps=config.checkpoint_every),
-                TensorBoardLogger(str(run / "logs"), name="tensorboard", version="")],
+                TensorBoardLogger(str(RunDir(run).logs), name="tensorboard", version="")],
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,
@@ -421,10 +401,10 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         "rank_checksums": rank_checksums,
         "ranks_identical": len(set(rank_checksums)) == 1,
     }
-    irm_dir = run / "irm"
+    irm_dir = RunDir(run).irm
     check_finite_weights(irm, trainer.global_step)  # never write a NaN IRM (collective: every rank calls it)
     if trainer.is_global_zero:
         irm.save_pretrained(irm_dir)
-        with writing(run / "summary.json"):
-            (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        with writing(RunDir(run).summary):
+            RunDir(run).summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return TrainResult(run_dir=run, irm_dir=irm_dir, summary=summary)

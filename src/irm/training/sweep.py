@@ -19,7 +19,6 @@ cluster job per run (e.g. a SLURM array).
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 
 from irm.errors import IRMError
 from irm.training.config import TrainConfig
+from irm.training.rundir import RunDir
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -42,11 +42,7 @@ class SweepRun:
 
     @property
     def status(self) -> str:
-        if (self.run_dir / "summary.json").is_file():
-            return "done"
-        if (self.run_dir / "checkpoints" / "last.ckpt").is_file():
-            return "interrupted"
-        return "pending"
+        return RunDir(self.run_dir).status
 
 
 def _slug(value: Any) -> str:
@@ -103,7 +99,7 @@ def run_sweep(path: str | Path, *, index: int | None = None, progress: bool = Tr
         if status != "done":
             config = TrainConfig.from_dict({**run.settings, "out": str(run.run_dir)})
             train(config, resume=run.run_dir if status == "interrupted" else None, overwrite=status == "pending", progress=progress)
-        summary = json.loads((run.run_dir / "summary.json").read_text())
+        summary = RunDir(run.run_dir).read_summary()
         rows.append({"index": run.index, "name": run.name, "status": "done", "was": status,
                      "val_loss": summary.get("val_loss"), "run_dir": str(run.run_dir)})
     return rows
