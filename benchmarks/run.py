@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import irm  # noqa: E402
 import irm.hosts.generation  # noqa: E402
-from irm.data.rows import Row, collate, tokenize_rows  # noqa: E402
 from irm.core.flops import host_forward_flops, irm_flops, training_flops  # noqa: E402
-from irm.training.module import compile_for_training, target_loss  # noqa: E402
+from irm.data.rows import Row, collate, tokenize_rows  # noqa: E402
+from irm.training.engine import compile_for_training  # noqa: E402
+from irm.training.loss import target_loss  # noqa: E402
 from irm.training.run import is_out_of_memory  # noqa: E402
 
 GEN_PROMPTS = [

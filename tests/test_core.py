@@ -237,7 +237,7 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, tiny_llama,
     import os
 
     from irm.analysis.recording import record, save_recording
-    from irm.training.module import AtomicCheckpointIO
+    from irm.training.callbacks import AtomicCheckpointIO
 
     old = os.umask(umask)
     try:

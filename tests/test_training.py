@@ -23,12 +23,9 @@ from irm.data.rows import (
     tokenize_rows,
 )
 from irm.training.config import TrainConfig
-from irm.training.module import (
-    IRMTrainingModule,
-    output_penalty,
-    target_loss,
-    token_loss,
-)
+from irm.training.loss import target_loss, token_loss
+from irm.training.module import IRMTrainingModule
+from irm.training.penalty import output_penalty
 from irm.training.run import train
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
@@ -240,7 +237,7 @@ def test_smollm2_training_loss_falls(tmp_path, smollm2):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
-    from irm.training.module import set_activation_checkpointing
+    from irm.training.engine import set_activation_checkpointing
 
     rows = [Row(line=1, question="a?", answer="bcd efg"), Row(line=2, question="e?", answer="fgh ijk lmn")]
     batch = collate(tokenize_rows(rows, tiny_llama.tokenizer, max_length=64)[0], tiny_llama.tokenizer.pad_token_id)
@@ -264,7 +261,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
 
 
 def test_chunked_frozen_head_loss_equals_cross_entropy():
-    from irm.training.module import FrozenHeadCrossEntropy
+    from irm.training.loss import FrozenHeadCrossEntropy
 
     torch.manual_seed(0)
     hidden = torch.randn(600, 32, requires_grad=True)  # more rows than one chunk
@@ -312,3 +309,13 @@ def test_warmup_ramps_the_learning_rate_then_epochs_decay_it(tmp_path):
     # 40 rows / batch 8 = 5 steps per epoch; warm-up over steps 0-3, halved after each epoch
     expected = [1e-3 * w * 0.5 ** (s // 5) for s, w in enumerate([0.25, 0.5, 0.75] + [1.0] * 12)]
     assert [lrs[s] for s in sorted(lrs)] == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_loss_imports_without_lightning():
+    """Analysis code and benchmarks take the loss alone: importing it must not load Lightning."""
+    import subprocess
+
+    code = "import sys, irm.training.loss, irm.analysis.gradients; print(sorted(m for m in sys.modules if m.startswith('lightning')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert out.stdout.strip() == "[]", out.stdout

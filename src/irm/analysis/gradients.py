@@ -58,7 +58,7 @@ def residual_gradients(
     batch_size: int = 8, loss_on: str = "answer",
 ) -> ResidualGradients:
     """Sum over ``rows`` (formatted as in training) of the loss gradient at ``site`` of ``layers``."""
-    from irm.training.module import target_loss
+    from irm.training.loss import target_loss
 
     probe = SteeringVector(steering_config(host, list(layers), site))
     probe.vectors.requires_grad_(True)

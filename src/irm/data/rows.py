@@ -4,7 +4,7 @@ A data file is CSV, JSONL or Parquet with either ``question`` + ``answer`` colum
 ``text`` column. ``builtin:NAME`` names a dataset shipped with irm (see ``irm data list``).
 
 Tokenised examples keep ``labels`` *aligned* with ``input_ids`` (``labels[t] == input_ids[t]``
-or ``-100``); the one and only shift happens in :func:`irm.training.module.token_loss`.
+or ``-100``); the one and only shift happens in :func:`irm.training.loss.token_loss`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""PyTorch Lightning pieces of IRM training: the module, the data position, atomic
-checkpoints.
+"""The Lightning module of IRM training: data position, steps, optimiser.
 
 The host is a submodule (so Lightning and FSDP place it) but frozen, outside the optimizer,
 and outside every checkpoint: :meth:`IRMTrainingModule.state_dict` holds the IRM alone.
@@ -7,120 +6,22 @@ and outside every checkpoint: :meth:`IRMTrainingModule.state_dict` holds the IRM
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from irm.core.attach import IRMHandle, attach
-from irm.core.io import temporary_file_beside
 from irm.core.network import IRM
-from irm.data.rows import IGNORE_INDEX, Example, LengthGroupedBatches, collate
-from irm.errors import IRMError, TrainingDivergedError, writing
+from irm.data.rows import Example, LengthGroupedBatches, collate
+from irm.errors import IRMError, TrainingDivergedError
 from irm.training.config import TrainConfig
-
-
-def token_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed next-token NLL and the number of target tokens. The one shift: position t
-    predicts ``labels[t + 1]``; ``-100`` (prompt, padding) is ignored."""
-    pred = logits[:, :-1, :].float()
-    target = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(
-        pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return nll, (target != IGNORE_INDEX).sum()
-
-
-def target_loss(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`token_loss` without materialising logits the loss ignores: the LM head runs
-    only at positions whose next token is a target (answer tokens, not prompt or padding),
-    and, for a frozen LM head, in chunks (:class:`FrozenHeadCrossEntropy`)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
-    selected, wanted = hidden[:, :-1][keep], target[keep]
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if not cap and head.bias is None and not head.weight.requires_grad:
-        return FrozenHeadCrossEntropy.apply(selected, head.weight, wanted), keep.sum()
-    logits = head(selected)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    nll = torch.nn.functional.cross_entropy(logits.float(), wanted, reduction="sum")
-    return nll, keep.sum()
-
-
-class FrozenHeadCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``target`` for a frozen LM head.
-
-    The logits are made ``CHUNK`` rows at a time and the gradient with respect to
-    ``hidden`` (``(softmax - onehot) @ weight``) is computed with them, while the chunk is
-    still in cache: the full ``(tokens, vocab)`` logits never exist, and softmax, its
-    backward and the loss's zero-fill are not separate passes over them."""
-
-    CHUNK = 256
-
-    @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, target: Tensor) -> Tensor:
-        total = hidden.new_zeros((), dtype=torch.float32)
-        need_grad = hidden.requires_grad
-        grad = torch.empty_like(hidden) if need_grad else None
-        for start in range(0, hidden.shape[0], FrozenHeadCrossEntropy.CHUNK):
-            h = hidden[start : start + FrozenHeadCrossEntropy.CHUNK]
-            t = target[start : start + FrozenHeadCrossEntropy.CHUNK]
-            logits = (h @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if grad is not None:
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                grad[start : start + len(t)] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-        ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
-        return total
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_output.to(grad.dtype) if grad.numel() else None), None, None
-
-
-def set_activation_checkpointing(model: torch.nn.Module, active: bool = True) -> None:
-    """Recompute the host's decoder layers during backward. transformers checkpoints a layer
-    only while that layer is in training mode, so the layer modules (not their children,
-    which keep dropout off) are flagged as training."""
-    from irm.core.sites import resolve_architecture
-
-    if active and not getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for layer in resolve_architecture(model).layers(model):
-        layer.training = active
-
-
-def compile_for_training(model: torch.nn.Module, irm: torch.nn.Module, backend: str = "inductor") -> None:
-    """``torch.compile`` each decoder layer of the host and the IRM, in place (parameter names
-    and checkpoints stay the same). The IRM's hooks on modules inside a layer are traced
-    into that layer's graph; layers of one shape share their compiled code."""
-    from irm.core.sites import resolve_architecture
-
-    for layer in resolve_architecture(model).layers(model):
-        layer.compile(backend=backend)
-    irm.compile(backend=backend)
-
-
-def output_penalty(delta: Tensor, attention_mask: Tensor, kind: str) -> Tensor:
-    """Mean |x| (l1) or x^2 (l2) over every element of the IRM output at real tokens, so
-    its weight does not depend on batch size, length or the number of layers."""
-    mask = attention_mask.to(delta.dtype)[..., None, None]
-    values = delta.abs() if kind == "l1" else delta.square()
-    return (values * mask).sum() / (mask.sum() * delta.shape[-2] * delta.shape[-1]).clamp_min(1)
+from irm.training.engine import compile_for_training, set_activation_checkpointing
+from irm.training.loss import target_loss
+from irm.training.penalty import output_penalty
 
 
 class IRMTrainingModule(pl.LightningModule):
@@ -313,112 +214,3 @@ class IRMTrainingModule(pl.LightningModule):
         warmup = {"scheduler": torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / self.config.warmup_steps,
                                                                  total_iters=self.config.warmup_steps - 1), "interval": "step"}
         return [optimizer], [warmup, decay]
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file in the same folder, fsync, then rename over the target:
-    a crash leaves either the old checkpoint or the new one, never half a file."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        with writing(path):  # a full disk becomes a clear error; the old checkpoint stays
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = temporary_file_beside(path)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    torch.save(checkpoint, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
-        """Always ``weights_only=True``: a checkpoint that holds pickled code is refused."""
-        import pickle
-
-        fix = f"delete {path} to restart the run from step 0 with --resume, or train again with --overwrite"
-        try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as exc:
-            text = str(exc)
-            if "Unsupported global" in text or "GLOBAL" in text:
-                found = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "a Python object"
-                raise IRMError(
-                    f"refused to load {path}: it holds pickled Python objects ({found}), not just tensors; irm reads "
-                    "checkpoints with weights_only=True and never runs code from them",
-                    hint=f"irm did not write this file; {fix}",
-                ) from None
-            raise IRMError(f"{path} is not a readable checkpoint ({_first_line(text)})", hint=f"the file is damaged; {fix}") from None
-        except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-            raise IRMError(
-                f"{path} is not a readable checkpoint ({type(exc).__name__}: {_first_line(str(exc))})",
-                hint=f"the file is damaged; {fix}",
-            ) from None
-
-
-def _first_line(text: str) -> str:
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else "no details"
-
-
-def check_finite_weights(irm: torch.nn.Module, step: int) -> None:
-    """Raise :class:`TrainingDivergedError` if any IRM weight is NaN or infinite (an update
-    can break the weights while the loss that produced it was still finite). Collective
-    under DDP/FSDP, so every rank stops together."""
-    bad = [name for name, p in irm.named_parameters() if not bool(torch.isfinite(p).all())]
-    flag = torch.tensor(float(bool(bad)), device=next(irm.parameters()).device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flag)
-    if flag.item() > 0:
-        where = f" ({bad[0]})" if bad else " (on another process)"
-        raise TrainingDivergedError(
-            f"the IRM weights became NaN or infinite{where} after step {step}; stopped without saving them",
-            hint="the last good checkpoint is kept in the run directory; lower --lr or add --grad-clip 1.0 and train again",
-        )
-
-
-class PeriodicCheckpoint(pl.Callback):
-    """Save ``last.ckpt`` every ``every`` optimizer steps and at the end of each epoch."""
-
-    def __init__(self, path: Path, every: int) -> None:
-        self.path = path
-        self.every = every
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        if trainer.global_step > 0 and trainer.global_step % self.every == 0 and _step_boundary(trainer):
-            self._save(trainer, module)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._save(trainer, module)
-
-    def _save(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        # A checkpoint must never hold broken weights: "the last good checkpoint" stays good.
-        check_finite_weights(module.irm, trainer.global_step)
-        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: optimizer, loops, callbacks
-
-
-def _step_boundary(trainer: pl.Trainer) -> bool:
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-    return done % max(1, trainer.accumulate_grad_batches) == 0 or math.isinf(done)
-
-
-class ThroughputMeter(pl.Callback):
-    """Seconds spent in training batches and the real (non-padding) tokens they held."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.tokens = 0
-        self._start = 0.0
-        self._seen = 0
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._start = time.perf_counter()
-        self._seen = module.real_tokens_seen
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.tokens += module.real_tokens_seen - self._seen

@@ -250,13 +250,13 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from irm.training.module import (
+    from irm.training.callbacks import (
         AtomicCheckpointIO,
-        IRMTrainingModule,
         PeriodicCheckpoint,
         ThroughputMeter,
         check_finite_weights,
     )
+    from irm.training.module import IRMTrainingModule
 
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen host, by design

@@ -1,0 +1,27 @@
+"""Host engine tweaks for training: activation checkpointing and ``torch.compile``, applied
+to unmodified host modules."""
+
+from __future__ import annotations
+
+import torch
+
+from irm.core.sites import resolve_architecture
+
+
+def set_activation_checkpointing(model: torch.nn.Module, active: bool = True) -> None:
+    """Recompute the host's decoder layers during backward. transformers checkpoints a layer
+    only while that layer is in training mode, so the layer modules (not their children,
+    which keep dropout off) are flagged as training."""
+    if active and not getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for layer in resolve_architecture(model).layers(model):
+        layer.training = active
+
+
+def compile_for_training(model: torch.nn.Module, irm: torch.nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` each decoder layer of the host and the IRM, in place (parameter names
+    and checkpoints stay the same). The IRM's hooks on modules inside a layer are traced
+    into that layer's graph; layers of one shape share their compiled code."""
+    for layer in resolve_architecture(model).layers(model):
+        layer.compile(backend=backend)
+    irm.compile(backend=backend)
