@@ -85,14 +85,16 @@ def check_finite_weights(irm: torch.nn.Module, step: int) -> None:
 
 
 class PeriodicCheckpoint(pl.Callback):
-    """Save ``last.ckpt`` every ``every`` optimizer steps and at the end of each epoch."""
+    """Save ``last.ckpt`` every ``every`` optimizer steps, at the end of each epoch, and at
+    the first step boundary after a SIGTERM (Lightning then stops the run)."""
 
     def __init__(self, path: Path, every: int) -> None:
         self.path = path
         self.every = every
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        if trainer.global_step > 0 and trainer.global_step % self.every == 0 and _step_boundary(trainer):
+        due = trainer.global_step > 0 and trainer.global_step % self.every == 0
+        if (due or trainer.received_sigterm) and _step_boundary(trainer):
             self._save(trainer, module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:

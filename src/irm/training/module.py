@@ -34,6 +34,7 @@ class IRMTrainingModule(pl.LightningModule):
         self.pad_id = pad_id
         self.batches: LengthGroupedBatches | None = None
         self._resume_position: tuple[int, int] | None = None
+        self._stop_on_resume = False
         self.strict_loading = True
         self.real_tokens_seen = 0
         self._handle: IRMHandle | None = None
@@ -63,12 +64,22 @@ class IRMTrainingModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["irm_data_position"] = {"epoch": self.current_epoch, "batches_done": self._batches_done_in_epoch()}
         checkpoint["irm_real_tokens_seen"] = self.real_tokens_seen
+        # Early stopping decided at this epoch's validation: a resume must not train on.
+        checkpoint["irm_should_stop"] = bool(self.trainer.should_stop)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         position = checkpoint.get("irm_data_position")
         if position:
             self._resume_position = (int(position["epoch"]), int(position["batches_done"]))
         self.real_tokens_seen = int(checkpoint.get("irm_real_tokens_seen", 0))
+        self._stop_on_resume = bool(checkpoint.get("irm_should_stop", False))
+
+    def on_train_start(self) -> None:
+        # Lightning restores the early-stopping callback's counters but not the decision
+        # it had taken; without this, a resumed run that had stopped early trains one more epoch.
+        if self._stop_on_resume:
+            self.trainer.should_stop = True
+            self._stop_on_resume = False
 
     def _batches_done_in_epoch(self) -> int:
         # called from on_train_batch_end (current batch processed, not yet "completed")

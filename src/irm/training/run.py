@@ -14,17 +14,28 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from irm.core.io import check_output_dir, remove_tree
 from irm.core.network import IRM
-from irm.data.rows import Row, read_rows, split_rows, tokenize_rows, write_jsonl
+from irm.data.rows import (
+    Example,
+    Row,
+    read_rows,
+    split_rows,
+    tokenize_rows,
+    write_jsonl,
+)
 from irm.errors import DiskFullError, IRMError, TrainingDivergedError, writing
-from irm.hosts.loading import load_host
+from irm.hosts.loading import Host, load_host
 from irm.training.config import TrainConfig
+from irm.training.lock import run_lock
 from irm.training.rundir import SPLITS, RunDir
 
 
@@ -36,6 +47,8 @@ class _RunState:
     created: bool = False
     created_root: Path | None = None
     """The outermost folder this call created (the run directory or a new parent of it)."""
+    lock: ExitStack = field(default_factory=ExitStack)
+    """Holds the lock on the run folder until the run and its clean-up are over."""
 
 
 @dataclass
@@ -59,16 +72,20 @@ def _is_launcher_child() -> bool:
 
 
 def _refuse_existing(run: Path, overwrite: bool) -> None:
-    """Refuse an --out that holds something, unless --overwrite (checked before any work)."""
+    """Refuse, before any work, an --out that holds something (unless --overwrite), and with
+    --overwrite anything but an irm run that can be replaced whole: never a folder of other
+    files, ``.``, ``~`` or ``/``, nor a run with a part that cannot be deleted."""
     if _is_launcher_child():
         return
-    if run.exists() and not run.is_dir():
+    if run.exists() and not run.is_dir() and not run.is_symlink():
         raise IRMError(f"--out {run} is a file, not a directory", hint="choose another --out")
-    if run.exists() and any(run.iterdir()) and not overwrite:
+    if run.is_dir() and not run.is_symlink() and any(run.iterdir()) and not overwrite:
         raise IRMError(
             f"output directory {run} already exists",
             hint=f"pass --overwrite to replace it, --resume {run} to continue it, or choose another --out",
         )
+    check_output_dir(run, overwrite=overwrite, is_ours=lambda p: RunDir(p).is_run(), kind="irm runs",
+                     resume_hint=f", --resume {run} to continue it")
 
 
 def _prepare_run_dir(config: TrainConfig, overwrite: bool) -> Path:
@@ -78,9 +95,9 @@ def _prepare_run_dir(config: TrainConfig, overwrite: bool) -> Path:
     if _is_launcher_child():
         return run
     _refuse_existing(run, overwrite)
+    if run.exists():
+        remove_tree(run)  # moved aside whole, then deleted: never half a run under its name
     with writing(run):
-        if run.exists():
-            shutil.rmtree(run)
         run.mkdir(parents=True)
     return run
 
@@ -215,6 +232,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: b
         if replacement is not None:
             raise replacement from exc
         raise
+    finally:
+        state.lock.close()  # after any clean-up: no other irm train may start on a half-removed run
 
 
 def _read_split(run: Path) -> dict[str, list[Row]]:
@@ -245,7 +264,124 @@ def _strategy(config: TrainConfig) -> Any:
     return config.strategy
 
 
-def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, progress: bool, state: _RunState) -> TrainResult:
+_QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*module\\(s\\) in eval mode.*",  # the frozen host, by design
+    ".*smaller than the logging interval.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*resuming from a checkpoint that ended before the epoch ended.*",
+)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's warnings that do not apply to IRM training, for the body only:
+    the caller's warning filters and Lightning's log level are as they were afterwards."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    with warnings.catch_warnings():
+        for message in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+@dataclass
+class _Inputs:
+    """What a run trains on, checked: the settings, where, from which checkpoint, the rows."""
+
+    config: TrainConfig
+    run: Path
+    checkpoint: Path | None
+    splits: dict[str, list[Row]]
+
+
+def _inputs(config: TrainConfig, resume: str | Path | None, overwrite: bool) -> _Inputs:
+    """The settings and rows of a new run (refusing a bad --out before anything slow), or
+    those saved in the run to resume."""
+    if resume is None:
+        run = Path(config.out)
+        _refuse_existing(run, overwrite)  # before anything slow
+        rows = read_rows(config.data, limit=config.max_rows)
+        splits = split_rows(rows, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+        return _Inputs(config, run, None, splits)
+    run = Path(resume)
+    if not RunDir(run).config.is_file():
+        raise IRMError(f"{run} is not a run directory (no {RunDir(run).config.name})", hint="pass the --out directory of an earlier `irm train`")
+    saved = TrainConfig.from_yaml(RunDir(run).config)
+    # Where to run may change on resume; what to train may not.
+    for key in WHERE_TO_RUN:
+        setattr(saved, key, getattr(config, key))
+    checkpoint: Path | None = RunDir(run).checkpoint
+    if not checkpoint.is_file():
+        checkpoint = None  # killed before the first checkpoint: start over in place
+    return _Inputs(saved, run, checkpoint, _read_split(run))
+
+
+WHERE_TO_RUN = ("devices", "num_nodes", "strategy", "accelerator")
+"""The settings that ``--resume`` takes from the command line; every other one comes from the run."""
+
+
+def _tokenize(config: TrainConfig, host: Host, splits: dict[str, list[Row]]) -> tuple[dict[str, list[Example]], dict[str, Any]]:
+    """Tokenize every split, refuse data that cannot train, and say what was cut or left out."""
+    examples, reports = {}, {}
+    for split in SPLITS:
+        examples[split], reports[split] = tokenize_rows(
+            splits[split], host.tokenizer, max_length=config.max_length, loss_on=config.loss_on, chat=config.chat
+        )
+    _check_examples(config, host, examples, reports)
+    if not _is_launcher_child():
+        truncated = {s: r.truncated for s, r in reports.items()}
+        if any(truncated.values()):
+            print(f"irm: {sum(truncated.values())} row(s) longer than {config.max_length} tokens were truncated {truncated}", file=sys.stderr)
+        dropped = sorted(line for r in reports.values() for line in r.dropped_lines)
+        if dropped:
+            print(
+                f"irm: {len(dropped)} row(s) left out: their prompt fills --max-length {config.max_length} "
+                f"(line(s) {', '.join(map(str, dropped[:10]))}{' ...' if len(dropped) > 10 else ''} of {config.data})",
+                file=sys.stderr,
+            )
+    return examples, reports
+
+
+def _build_irm(config: TrainConfig, host: Host) -> IRM:
+    irm = IRM.for_host(
+        host, config.layers, site=config.site, input_layer=config.input_layer, input_site=config.input_site,
+        depth=config.depth, width_multiplier=config.width_multiplier, rank=config.rank,
+        output_init=config.output_init, seed=config.seed,
+    )
+    irm.config.extra["data"] = config.data  # tells `irm evaluate` the target emotion
+    return irm
+
+
+def _write_run_dir(inputs: _Inputs, *, resumed: bool, overwrite: bool, state: _RunState) -> Path:
+    """Create (or, for --resume, reuse) the run directory and write its config and split;
+    only rank zero writes."""
+    config, run = inputs.config, inputs.run
+    if _is_launcher_child():
+        return run
+    if not resumed:
+        state.created_root = _first_missing(Path(config.out)) if not Path(config.out).exists() else Path(config.out)
+        run = _prepare_run_dir(config, overwrite)
+        state.created = True
+    state.run = run
+    layout = RunDir(run)
+    with writing(layout.split_dir):
+        layout.split_dir.mkdir(parents=True, exist_ok=True)
+        layout.checkpoints.mkdir(exist_ok=True)
+        config.out = str(run)
+        config.save(layout.config)
+        if not resumed:
+            for split in SPLITS:
+                write_jsonl(inputs.splits[split], layout.split(split))
+    return run
+
+
+def _build_trainer(config: TrainConfig, run: Path, examples: dict[str, list[Example]], *, resumed: bool, progress: bool) -> tuple[Any, Any]:
+    """The Lightning trainer of a run and its throughput meter."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -254,79 +390,8 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         AtomicCheckpointIO,
         PeriodicCheckpoint,
         ThroughputMeter,
-        check_finite_weights,
     )
-    from irm.training.module import IRMTrainingModule
 
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen host, by design
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    checkpoint: Path | None = None
-    if resume is not None:
-        run = Path(resume)
-        if not RunDir(run).config.is_file():
-            raise IRMError(f"{run} is not a run directory (no {RunDir(run).config.name})", hint="pass the --out directory of an earlier `irm train`")
-        saved = TrainConfig.from_yaml(RunDir(run).config)
-        # Where to run may change on resume; what to train may not.
-        for key in ("devices", "num_nodes", "strategy", "accelerator"):
-            setattr(saved, key, getattr(config, key))
-        config = saved
-        checkpoint = RunDir(run).checkpoint
-        if not checkpoint.is_file():
-            checkpoint = None  # killed before the first checkpoint: start over in place
-        splits = _read_split(run)
-    else:
-        run = Path(config.out)
-        _refuse_existing(run, overwrite)  # before anything slow
-        rows = read_rows(config.data, limit=config.max_rows)
-        splits = split_rows(rows, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction)
-
-    # Everything is checked before the run directory is written.
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    host = load_host(config.host, dtype=config.host_dtype, device="cpu")
-    is_zero = not _is_launcher_child()
-    examples, reports = {}, {}
-    for split in SPLITS:
-        examples[split], reports[split] = tokenize_rows(
-            splits[split], host.tokenizer, max_length=config.max_length, loss_on=config.loss_on, chat=config.chat
-        )
-    _check_examples(config, host, examples, reports)
-    truncated = {s: r.truncated for s, r in reports.items()}
-    if is_zero and any(truncated.values()):
-        print(f"irm: {sum(truncated.values())} row(s) longer than {config.max_length} tokens were truncated {truncated}", file=sys.stderr)
-    dropped = sorted(line for r in reports.values() for line in r.dropped_lines)
-    if is_zero and dropped:
-        print(
-            f"irm: {len(dropped)} row(s) left out: their prompt fills --max-length {config.max_length} "
-            f"(line(s) {', '.join(map(str, dropped[:10]))}{' ...' if len(dropped) > 10 else ''} of {config.data})",
-            file=sys.stderr,
-        )
-
-    irm = IRM.for_host(
-        host, config.layers, site=config.site, input_layer=config.input_layer, input_site=config.input_site,
-        depth=config.depth, width_multiplier=config.width_multiplier, rank=config.rank,
-        output_init=config.output_init, seed=config.seed,
-    )
-    irm.config.extra["data"] = config.data  # tells `irm evaluate` the target emotion
-    if is_zero:
-        if resume is None:
-            state.created_root = _first_missing(Path(config.out)) if not Path(config.out).exists() else Path(config.out)
-            run = _prepare_run_dir(config, overwrite)
-            state.created = True
-        state.run = run
-        layout = RunDir(run)
-        with writing(layout.split_dir):
-            layout.split_dir.mkdir(parents=True, exist_ok=True)
-            layout.checkpoints.mkdir(exist_ok=True)
-            config.out = str(run)
-            config.save(layout.config)
-            if resume is None:
-                for split in SPLITS:
-                    write_jsonl(splits[split], layout.split(split))
-    module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], host.tokenizer.pad_token_id)
     has_val = bool(examples["validation"])
     meter = ThroughputMeter()
     callbacks: list[Any] = [PeriodicCheckpoint(RunDir(run).checkpoint, config.checkpoint_every), meter, LearningRateMonitor("step")]
@@ -345,7 +410,7 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         max_steps=config.max_steps,
         accumulate_grad_batches=config.accumulate,
         gradient_clip_val=config.grad_clip,
-        logger=[CSVLogger(str(run), name="logs", version=RunDir(run).csv_version(resumed=checkpoint is not None),
+        logger=[CSVLogger(str(run), name="logs", version=RunDir(run).csv_version(resumed=resumed),
                           flush_logs_every_n_steps=config.checkpoint_every),
                 TensorBoardLogger(str(RunDir(run).logs), name="tensorboard", version="")],
         callbacks=callbacks,
@@ -359,15 +424,41 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
     )
+    return trainer, meter
+
+
+def _fit_and_test(trainer: Any, module: Any, inputs: _Inputs, has_test: bool) -> tuple[float, float | None]:
+    """Train (from the checkpoint, if any) and score the test split: the wall time and the
+    test loss. A SIGTERM (a cluster's pre-emption) saves a checkpoint and stops the run."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     started = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None, weights_only=True)
+    try:
+        trainer.fit(module, ckpt_path=str(inputs.checkpoint) if inputs.checkpoint else None, weights_only=True)
+    except SIGTERMException:
+        raise _stopped_by_sigterm(inputs.run, trainer) from None
     elapsed = time.perf_counter() - started
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    if trainer.received_sigterm:  # between the last step and the end of fit: the checkpoint is saved
+        raise _stopped_by_sigterm(inputs.run, trainer)
     test_loss = None
-    if examples["test"]:
+    if has_test:
         results = trainer.test(module, verbose=False)
         test_loss = results[0].get("test_loss") if results else None
+    return elapsed, test_loss
 
+
+def _stopped_by_sigterm(run: Path, trainer: Any) -> IRMError:
+    step = _checkpoint_step(RunDir(run).checkpoint) if RunDir(run).checkpoint.is_file() else None
+    saved = f"its checkpoint (step {step}) is saved in {RunDir(run).checkpoint}" if step is not None else "no checkpoint had been written yet"
+    return IRMError(
+        f"irm train was stopped by SIGTERM at step {trainer.global_step}; {saved}",
+        hint=f"continue it with: irm train --resume {run}",
+    )
+
+
+def _summary(config: TrainConfig, run: Path, irm: IRM, trainer: Any, module: Any, meter: Any, splits: dict[str, list[Row]],
+             examples: dict[str, list[Example]], reports: dict[str, Any], elapsed: float, test_loss: float | None) -> dict[str, Any]:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     checksum = irm_checksum(irm)
     if trainer.world_size > 1 and torch.distributed.is_initialized():
         gathered: list[Any] = [None] * trainer.world_size
@@ -375,7 +466,7 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         rank_checksums = list(gathered)
     else:
         rank_checksums = [checksum]
-    summary = {
+    return {
         "run_dir": str(run),
         "host": config.host,
         "data": config.data,
@@ -390,7 +481,7 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         "test_loss": test_loss,
         "rows": {s: len(splits[s]) for s in SPLITS},
         "examples": {s: len(examples[s]) for s in SPLITS},
-        "truncated_rows": truncated,
+        "truncated_rows": {s: r.truncated for s, r in reports.items()},
         "dropped_rows": {s: r.dropped for s, r in reports.items()},
         "real_tokens_seen": module.real_tokens_seen,
         "train_seconds": meter.seconds,
@@ -401,10 +492,42 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         "rank_checksums": rank_checksums,
         "ranks_identical": len(set(rank_checksums)) == 1,
     }
+
+
+def _write_outputs(run: Path, irm: IRM, trainer: Any, summary: dict[str, Any]) -> Path:
+    """Write the final IRM and the summary (rank zero), never a NaN IRM."""
+    from irm.training.callbacks import check_finite_weights
+
     irm_dir = RunDir(run).irm
-    check_finite_weights(irm, trainer.global_step)  # never write a NaN IRM (collective: every rank calls it)
+    check_finite_weights(irm, trainer.global_step)  # collective: every rank calls it
     if trainer.is_global_zero:
         irm.save_pretrained(irm_dir)
         with writing(RunDir(run).summary):
             RunDir(run).summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return irm_dir
+
+
+def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, progress: bool, state: _RunState) -> TrainResult:
+    import lightning.pytorch as pl
+
+    from irm.training.module import IRMTrainingModule
+
+    inputs = _inputs(config, resume, overwrite)
+    config = inputs.config
+    if not _is_launcher_child():
+        state.lock.enter_context(run_lock(inputs.run, "--resume" if resume is not None else "--out"))
+        if resume is None:
+            _refuse_existing(inputs.run, overwrite)  # again, now that no other irm train can change it
+    # Everything is checked before the run directory is written.
+    with _quiet_lightning():
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        host = load_host(config.host, dtype=config.host_dtype, device="cpu")
+        examples, reports = _tokenize(config, host, inputs.splits)
+        irm = _build_irm(config, host)
+        run = _write_run_dir(inputs, resumed=resume is not None, overwrite=overwrite, state=state)
+        module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], host.tokenizer.pad_token_id)
+        trainer, meter = _build_trainer(config, run, examples, resumed=inputs.checkpoint is not None, progress=progress)
+        elapsed, test_loss = _fit_and_test(trainer, module, inputs, bool(examples["test"]))
+    summary = _summary(config, run, irm, trainer, module, meter, inputs.splits, examples, reports, elapsed, test_loss)
+    irm_dir = _write_outputs(run, irm, trainer, summary)
     return TrainResult(run_dir=run, irm_dir=irm_dir, summary=summary)
