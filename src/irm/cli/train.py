@@ -66,6 +66,8 @@ def train(
 
     given = dict(locals())
     flags = {k: v for k, v in given.items() if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if resume is not None:
+        _refuse_settings_on_resume(resume, config_file, flags, overwrite)
     base = TrainConfig.from_yaml(config_file).to_dict() if config_file else {}
     config = TrainConfig.from_dict({**base, **flags}, source=str(config_file or "flags"))
     result = run_training(config, resume=resume, overwrite=overwrite, progress=progress)
@@ -81,4 +83,22 @@ def train(
         console.print(
             f"steps {s['global_step']}, train loss {s['train_loss']}, val loss {s['val_loss']}, test loss {s['test_loss']}, "
             f"{s['real_tokens_per_second'] or 0:.0f} real tokens/s"
+        )
+
+
+def _refuse_settings_on_resume(resume: Path, config_file: Optional[Path], flags: dict[str, object], overwrite: bool) -> None:
+    """--resume continues a run with the settings saved in it: only where to run may change."""
+    from irm.errors import IRMError
+    from irm.training.run import WHERE_TO_RUN
+
+    ignored = [f"--{k.replace('_', '-')}" for k in flags if k not in WHERE_TO_RUN]
+    if overwrite:
+        ignored.append("--overwrite")
+    if config_file is not None:
+        ignored.insert(0, f"the config file {config_file}")
+    if ignored:
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in WHERE_TO_RUN)
+        raise IRMError(
+            f"--resume {resume} continues the run with the settings saved in it; it cannot take {', '.join(ignored)}",
+            hint=f"drop them (with --resume only {allowed}, --progress and --json apply), or start a new run with another --out",
         )

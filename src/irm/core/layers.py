@@ -29,7 +29,10 @@ def parse_layers(spec: str | list[int] | tuple[int, ...], num_layers: int) -> li
                     lo, hi = int(part[:cut]), int(part[cut + 1 :])
                     if lo > hi:
                         raise ValueError
-                    items.extend(range(lo, hi + 1))
+                    if hi >= num_layers or lo < -num_layers:  # out of range: never expand it
+                        items.append(hi if hi >= num_layers else lo)
+                    else:
+                        items.extend(range(lo, hi + 1))
                 else:
                     items.append(int(part))
             except ValueError:
