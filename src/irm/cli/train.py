@@ -12,6 +12,8 @@ from irm.cli.options import console
 from irm.training.config import TrainConfig
 
 Opt = typer.Option
+_FLAGS = ("devices", "num_nodes", "strategy")
+"""The where-to-run settings that are command-line flags (accelerator is set in a config file)."""
 
 
 def train(
@@ -97,7 +99,7 @@ def _refuse_settings_on_resume(resume: Path, config_file: Optional[Path], flags:
     if config_file is not None:
         ignored.insert(0, f"the config file {config_file}")
     if ignored:
-        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in WHERE_TO_RUN)
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in WHERE_TO_RUN if k in _FLAGS)
         raise IRMError(
             f"--resume {resume} continues the run with the settings saved in it; it cannot take {', '.join(ignored)}",
             hint=f"drop them (with --resume only {allowed}, --progress and --json apply), or start a new run with another --out",
