@@ -153,3 +153,39 @@ def test_report_escapes_what_it_shows(short_run, tmp_path):
     (run / "generations.json").write_text(json.dumps([{"prompt": "<script>alert(1)</script>", "IRM off": "a & b"}]))
     text = build_report(run).read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text and "a &amp; b" in text
+
+
+LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy" / "run_complete"
+
+
+def _irm(*args, cwd):
+    import subprocess
+    import sys
+
+    binary = str(Path(sys.executable).parent / "irm")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_report_refuses_an_existing_out_file_without_overwrite(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY_RUN, run)
+    mine = tmp_path / "mine.html"
+    mine.write_text("my own notes")
+    refused = _irm("report", str(run), "--out", str(mine), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "already exists" in refused.stderr and "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+    assert mine.read_text() == "my own notes" and not (run / "report.html").exists()
+    done = _irm("report", str(run), "--out", str(mine), "--overwrite", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "tiny-random-llama" in mine.read_text()
+
+
+def test_cli_report_rewrites_its_own_default_page(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY_RUN, run)
+    (run / "report.html").write_text("an older page")
+    for args in ([], ["--out", str(run / "report.html")]):  # the default page, named or not
+        again = _irm("report", str(run), *args, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "tiny-random-llama" in (run / "report.html").read_text()
+        (run / "report.html").write_text("an older page")

@@ -42,13 +42,9 @@ from irm.training.rundir import RunDir
 
 SECTIONS = (("eval", "Evaluation: alignment and fluency"), ("analysis", "Inside the IRM: stripes and dominant indices"),
             ("ablation", "Ablation of dominant indices"))
-EVAL_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Alignment", ("target", "target_top", "target_gain", "valence")),
-    ("Fluency", ("perplexity", "distinct_1", "distinct_2", "repetition", "length")),
-    ("Drift from the host", ("drift",)),
-)
-"""How the evaluation's metrics (:data:`irm.evaluation.evaluate.METRICS`) are grouped into
-tables; a metric in no group gets a table "Other metrics"."""
+EVAL_TITLES = {"alignment": "Alignment", "fluency": "Fluency", "drift": "Drift from the host"}
+"""Table titles of the evaluation's metric groups (:data:`irm.evaluation.evaluate.METRIC_GROUPS`);
+a metric in no group gets a table "Other metrics"."""
 OUTCOME_KEYS = ("host", "data", "layers", "irm_parameters", "global_step", "epochs_completed", "train_loss", "val_loss",
                 "val_ppl", "test_loss", "real_tokens_per_second", "wall_seconds", "world_size", "ranks_identical")
 MAX_LIST = 12
@@ -210,14 +206,14 @@ def _images(directory: Path) -> list[Block]:
 def eval_blocks(report: Mapping[str, Any]) -> list[Block]:
     """``eval/report.json`` (:meth:`irm.evaluation.evaluate.EvalReport.to_dict`): one table
     per metric group, a row per condition, each cell ``mean [lo, hi]``."""
-    from irm.evaluation.evaluate import METRICS
+    from irm.evaluation.evaluate import METRIC_GROUPS, METRICS
 
     conditions = [c for c in report.get("conditions", []) if isinstance(c, Mapping)]
     about = {k: report[k] for k in ("host", "target_emotion", "prompts", "samples") if k in report}
     blocks = [key_values(about, first="evaluated")] if about else []
     present = list(dict.fromkeys(m for c in conditions for m in c.get("metrics", {})))
-    grouped = [(title, [m for m in metrics if m in present]) for title, metrics in EVAL_GROUPS]
-    known = {m for _, metrics in EVAL_GROUPS for m in metrics}
+    grouped = [(EVAL_TITLES.get(g, g), [m for m in metrics if m in present]) for g, metrics in METRIC_GROUPS.items()]
+    known = {m for metrics in METRIC_GROUPS.values() for m in metrics}
     grouped.append(("Other metrics", [m for m in present if m not in known]))
     for title, metrics in grouped:
         if not metrics:
@@ -453,10 +449,16 @@ def report_target(target: str | Path) -> tuple[Path, Path]:
     return target, RunDir(target).report
 
 
-def build_report(target: str | Path, out: str | Path | None = None) -> Path:
-    """Write the page for a run or sweep directory; returns its path."""
+def build_report(target: str | Path, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
+    """Write the page for a run or sweep directory; returns its path. The default page,
+    ``TARGET/report.html``, is the report's own file and is rewritten every time; another
+    ``out`` that exists is replaced only with ``overwrite`` (checked before any work)."""
+    from irm.core.io import check_output_file
+
     target, default = report_target(target)
     page = Path(out) if out else default
+    is_default = page.absolute().resolve() == default.absolute().resolve() if not page.is_symlink() else False
+    check_output_file(page, overwrite=overwrite or is_default, option="--out")
     if (target / "runs").is_dir():
         return sweep_report(target, page)
     return run_report(target, page)
