@@ -25,6 +25,8 @@ from irm.core.steering import (
 from irm.data.rows import Row, builtin_dir, read_pairs, read_prompts
 from irm.evaluation.evaluate import (
     HOST,
+    METRICS,
+    REPORT_FILES,
     evaluate,
     resolve_emotion,
     target_emotion,
@@ -309,3 +311,68 @@ def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, o
           f"perplexity off {show(off['perplexity'])}, on {show(on['perplexity'])}")
     assert on["target"].lo > off["target"].hi  # the intervals do not even overlap
     assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
+
+
+LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy" / "run_complete"
+
+
+def _irm_cli(*args, cwd):
+    binary = str(Path(sys.executable).parent / "irm")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("default_out", [False, True])
+def test_cli_evaluate_refuses_an_existing_evaluation_without_overwrite(tmp_path, default_out):
+    out = tmp_path / "runs" / "eval" if default_out else tmp_path / "mine"
+    out.mkdir(parents=True)
+    (out / "report.json").write_text('{"old": true}\n')
+    args = ["evaluate", "--irm", str(LEGACY_RUN), "--host", "tiny-random-llama", "--max-prompts", "2", "--max-new-tokens", "4"]
+    refused = _irm_cli(*args, *([] if default_out else ["--out", str(out)]), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "already holds an evaluation (report.json)" in refused.stderr and "--overwrite" in refused.stderr
+    assert "Traceback" not in refused.stderr and "Loading" not in refused.stderr  # refused before the host was loaded
+    assert (out / "report.json").read_text() == '{"old": true}\n' and sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
+@pytest.mark.slow
+def test_cli_evaluate_overwrite_replaces_only_its_own_files(tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "report.json").write_text('{"old": true}\n')
+    (out / "notes.txt").write_text("mine")
+    done = _irm_cli("evaluate", "--irm", str(LEGACY_RUN), "--host", "tiny-random-llama", "--max-prompts", "2",
+                    "--max-new-tokens", "4", "--out", str(out), "--overwrite", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "report.json").read_text())["host"] == "tiny-random-llama"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["notes.txt", *REPORT_FILES])
+
+
+def _small_report():
+    from irm.evaluation.evaluate import Condition, EvalReport
+    from irm.evaluation.metrics import Estimate
+
+    metrics = {m: Estimate(0.5, 0.25, 0.75) for m in METRICS}
+    return EvalReport(host="tiny-random-llama", target_emotion="anger", prompts=1, samples=1, settings={},
+                      conditions=[Condition("host", "host", "host", 0.0, dict(metrics)), Condition("a x1", "a", "irm", 1.0, dict(metrics))],
+                      generations=[{"condition": "host", "text": "hi"}])
+
+
+def test_write_report_is_atomic_a_failed_write_leaves_the_old_report(tmp_path, monkeypatch):
+    import irm.evaluation.evaluate as evaluate_module
+
+    paths = write_report(_small_report(), tmp_path)
+    old = {name: path.read_bytes() for name, path in paths.items()}
+    assert sorted(old) == sorted(REPORT_FILES) and old["curve.png"].startswith(b"\x89PNG")
+
+    def full_disk(*args, **kwargs):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate_module, "plot_curves", full_disk)
+    changed = _small_report()
+    changed.host = "another host"
+    with pytest.raises(irm.IRMError):
+        write_report(changed, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # the old files, and no temporary file

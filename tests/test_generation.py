@@ -63,3 +63,47 @@ def test_sampling_is_seeded(tiny_llama):
     a = irm.generate(tiny_llama, PROMPTS, greedy=False, seed=3, max_new_tokens=8)
     b = irm.generate(tiny_llama, PROMPTS, greedy=False, seed=3, max_new_tokens=8)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def _prompt_part(example):
+    """The ids of a training example that carry no label: its prompt."""
+    from irm.data.rows import IGNORE_INDEX
+
+    n = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+    return example.input_ids[:n]
+
+
+def _check_training_and_generation_prompts_agree(host, chat):
+    from irm.data.prompts import prompt_ids
+    from irm.data.rows import Row, tokenize_rows
+
+    tok = host.tokenizer
+    rows = [Row(line=i + 1, question=q, answer="A short answer.") for i, q in enumerate(PROMPTS)]
+    examples, _ = tokenize_rows(rows, tok, max_length=512, loss_on="answer", chat=chat)
+    enc = encode_prompts(host, PROMPTS, chat=chat)
+    for row, example, ids, mask in zip(rows, examples, enc["input_ids"].tolist(), enc["attention_mask"].tolist()):
+        fed = [i for i, m in zip(ids, mask) if m]  # left padding removed
+        assert fed == _prompt_part(example) == prompt_ids(tok, row.question, chat=chat)
+        # BOS exactly once at the start: never doubled (a chat template may reuse the BOS token,
+        # SmolLM2's <|im_start|>, to open every turn); the plain format has it only there
+        assert fed[0] == tok.bos_token_id and fed[1] != tok.bos_token_id
+        if not (chat and host.has_chat_template):
+            assert fed.count(tok.bos_token_id) == 1
+        # the text generation formats is the text training tokenised
+        text = format_prompt(host, row.question, chat=chat)
+        assert tok(text, add_special_tokens=False)["input_ids"] == fed[len(fed) - len(tok(text, add_special_tokens=False)["input_ids"]):]
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-gemma3", "tiny-random-gpt-neox"])
+def test_tiny_training_and_generation_prompts_are_the_same_ids(name, chat):
+    host = irm.load_host(name, device="cpu")
+    assert not host.has_chat_template
+    _check_training_and_generation_prompts_agree(host, chat)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chat", [True, False])
+def test_smollm2_training_and_generation_prompts_are_the_same_ids(smollm2, chat):
+    assert smollm2.has_chat_template
+    _check_training_and_generation_prompts_agree(smollm2, chat)

@@ -75,3 +75,117 @@ def test_report_in_headless_chromium(short_run, tmp_path):
         assert any(section in h for h in headings), headings
     assert shot.stat().st_size > 10_000
     shutil.copy(shot, Path(short_run) / "report.png")
+
+
+def _cells(html_text):
+    import re
+
+    return [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", html_text, flags=re.S)]
+
+
+def _estimate(mean, lo, hi):
+    return {"mean": mean, "lo": lo, "hi": hi}
+
+
+@pytest.fixture(scope="module")
+def run_with_results(short_run, tmp_path_factory):
+    """The short run with an evaluation (as EvalReport.to_dict writes it), a real analysis
+    summary and an ablation report."""
+    from irm.evaluation.evaluate import METRICS, Condition, EvalReport
+    from irm.evaluation.metrics import Estimate
+
+    run = tmp_path_factory.mktemp("results") / "run"
+    shutil.copytree(short_run, run)
+    conditions = [Condition(name="host", adapter="host", kind="host", strength=0.0,
+                            metrics={m: Estimate(0.0023456, 0.00101, 0.00412) for m in METRICS}),
+                  Condition(name="run x1", adapter="run", kind="irm", strength=1.0,
+                            metrics={**{m: Estimate(1.5, 1.25, 1.75) for m in METRICS}, "target": Estimate(0.4521, 0.3412, 0.5709)})]
+    report = EvalReport(host="tiny-random-llama", target_emotion="anger", prompts=3, samples=1,
+                        settings={"seed": 0, "strengths": [1.0]}, conditions=conditions, generations=[])
+    (run / "eval").mkdir()
+    (run / "eval" / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    (run / "analysis" / "summary.json").write_text(json.dumps({
+        "host": "tiny-random-llama", "hidden_size": 16, "layers": [0, 1], "prompts": 2, "tokens": 20,
+        "striation": {"score": 0.8123, "layer_share": 0.1, "residual_share": 0.2, "noise_level": 0.05},
+        "striation_per_token": {"mean": 0.7, "median": 0.71, "min": 0.5, "max": 0.9},
+        "top_k": {"indices": [7, 3, 11], "shares": [0.31, 0.2, 0.1], "total_share": 0.61},
+        "sparsity": {"hoyer": {"mean": 0.4, "median": 0.4, "min": 0.3, "max": 0.5}},
+        "coincidence_with_host": {"norm_gain": {"host_top_k": [7, 1, 2], "shared": [7], "overlap": 1, "expected_by_chance": 0.56}},
+    }))
+    (run / "ablation").mkdir()
+    metrics = {"mean_tokens": 8.0, "distinct_2": 0.9, "p_anger": 0.5}
+    (run / "ablation" / "ablation.json").write_text(json.dumps({
+        "indices": [7, 3], "prompts": 2, "draws": 1, "seed": 0, "host": {**metrics, "p_anger": 0.1}, "irm": metrics,
+        "ablated": {**metrics, "p_anger": 0.2}, "random": [{"indices": [1, 2], **metrics}],
+        "change_ablated": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": -0.3},
+        "change_random_mean": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": 0.0},
+        "change_random_std": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": 0.0},
+        "target": "anger", "irm_effect": 0.4, "effect_removed_ablated": 0.75, "effect_removed_random": [0.0],
+    }))
+    return run
+
+
+def test_report_evaluation_cells_read_mean_and_interval(run_with_results):
+    text = build_report(run_with_results).read_text()
+    evaluation = text[text.index("Evaluation: alignment and fluency"):text.index("Inside the IRM")]
+    cells = _cells(evaluation)
+    assert "0.452 [0.341, 0.571]" in cells  # the IRM's p(target): 3 significant digits
+    assert "0.00235 [0.00101, 0.00412]" in cells and "1.50 [1.25, 1.75]" in cells
+    for group in ("Alignment", "Fluency", "Drift from the host"):
+        assert f"<h3>{group}</h3>" in evaluation
+    assert "raw data: report.json" in evaluation  # the JSON only folded away
+
+
+def test_report_tables_hold_no_json(run_with_results):
+    text = build_report(run_with_results).read_text()
+    cells = _cells(text)
+    assert cells and not [c for c in cells if '{"' in c or "{&#34;" in c or "&#34;:" in c]
+    analysis = _cells(text[text.index("Inside the IRM"):text.index("Ablation of dominant indices")])
+    assert "0.8123" in analysis and "7" in analysis and "0.31" in analysis  # striation score, the top index and its share
+    ablation = _cells(text[text.index("Ablation of dominant indices"):text.index("Resolved configuration")])
+    assert "IRM, dominant indices zeroed" in ablation and "dominant indices zeroed" in ablation and "-0.3" in ablation
+    assert "http://" not in text and "https://" not in text
+
+
+def test_report_escapes_what_it_shows(short_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    (run / "generations.json").write_text(json.dumps([{"prompt": "<script>alert(1)</script>", "IRM off": "a & b"}]))
+    text = build_report(run).read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text and "a &amp; b" in text
+
+
+LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy" / "run_complete"
+
+
+def _irm(*args, cwd):
+    import subprocess
+    import sys
+
+    binary = str(Path(sys.executable).parent / "irm")
+    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_report_refuses_an_existing_out_file_without_overwrite(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY_RUN, run)
+    mine = tmp_path / "mine.html"
+    mine.write_text("my own notes")
+    refused = _irm("report", str(run), "--out", str(mine), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "already exists" in refused.stderr and "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+    assert mine.read_text() == "my own notes" and not (run / "report.html").exists()
+    done = _irm("report", str(run), "--out", str(mine), "--overwrite", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "tiny-random-llama" in mine.read_text()
+
+
+def test_cli_report_rewrites_its_own_default_page(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY_RUN, run)
+    (run / "report.html").write_text("an older page")
+    for args in ([], ["--out", str(run / "report.html")]):  # the default page, named or not
+        again = _irm("report", str(run), *args, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "tiny-random-llama" in (run / "report.html").read_text()
+        (run / "report.html").write_text("an older page")

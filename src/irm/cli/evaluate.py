@@ -42,10 +42,6 @@ def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
     return named
 
 
-ALIGNMENT = ("target", "target_top", "target_gain", "valence")
-FLUENCY = ("perplexity", "distinct_1", "distinct_2", "repetition", "length", "drift")
-
-
 def _cell(estimate: Any) -> str:
     mean, lo, hi = estimate
     if mean != mean:  # NaN
@@ -67,6 +63,7 @@ def evaluate(
     emotion: Annotated[Optional[str], typer.Option(help="Target emotion (default: read from the adapters' training data).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Directory for report.json, report.csv, generations.jsonl, curve.png.")] = Path("runs/eval"),
     force: Annotated[bool, typer.Option("--force", help="Attach adapters made for another host.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an evaluation already in --out (only its own files).")] = False,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -80,12 +77,13 @@ def evaluate(
     """
     from irm.core.adapters import load_adapter
     from irm.data.rows import read_prompts
-    from irm.evaluation.evaluate import METRICS, resolve_emotion, write_report
+    from irm.evaluation.evaluate import METRIC_GROUPS, METRICS, check_report_dir, resolve_emotion, write_report
     from irm.evaluation.evaluate import evaluate as run_evaluate
     from irm.hosts.loading import load_host
 
     strengths = parse_strengths(strength)
     paths = parse_adapter_specs(irm)
+    check_report_dir(out, overwrite=overwrite)  # before any slow work: an existing evaluation is kept
     prompt_list = read_prompts(prompts, limit=max_prompts)
     loaded = load_host(host, device=device)
     adapters = {name: load_adapter(path, loaded, check_host=not force, device=loaded.device) for name, path in paths.items()}
@@ -98,7 +96,8 @@ def evaluate(
         print(json.dumps({**report.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
         return
     title = f"{report.target_emotion}: {report.prompts} prompts x {report.samples} sample(s), mean [95% CI]"
-    for heading, metrics in (("alignment", ALIGNMENT), ("fluency and drift", FLUENCY)):
+    groups = (("alignment", METRIC_GROUPS["alignment"]), ("fluency and drift", METRIC_GROUPS["fluency"] + METRIC_GROUPS["drift"]))
+    for heading, metrics in groups:
         table = Table(title=f"{heading} -- {title}", show_lines=True)
         table.add_column("condition", style="bold")
         for m in metrics:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from irm.data.prompts import answer_ids, bos_ids, eos_ids, prompt_ids
 from irm.errors import DataError
 
 IGNORE_INDEX = -100
@@ -266,34 +267,26 @@ def tokenize_rows(
     loss_on: str = "answer",
     chat: bool = True,
 ) -> tuple[list[Example], TokenizeReport]:
-    """Turn rows into examples. Question/answer rows use the chat template when the
-    tokenizer has one (else ``Question: ...\\nAnswer: ...``) and, with ``loss_on="answer"``,
+    """Turn rows into examples. Question/answer rows are formatted by :mod:`irm.data.prompts`
+    (the chat template when the tokenizer has one, else ``Question: ...\\nAnswer: ...``,
+    exactly as generation formats a question) and, with ``loss_on="answer"``,
     only the answer tokens carry labels."""
     if loss_on not in ("answer", "all"):
         raise DataError(f"unknown loss_on {loss_on!r}", hint="use 'answer' or 'all'")
-    use_template = chat and bool(getattr(tokenizer, "chat_template", None))
-    bos = [tokenizer.bos_token_id] if (tokenizer.bos_token_id is not None and not use_template) else []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = eos_ids(tokenizer)
     examples, truncated, dropped = [], 0, 0
     dropped_lines: list[int] = []
     needed = 0
     for row in rows:
         if row.text is not None:
-            prompt_ids: list[int] = bos
+            prompt_ids_: list[int] = bos_ids(tokenizer, chat=chat)
             target_ids = tokenizer(row.text, add_special_tokens=False)["input_ids"] + eos
-        elif use_template:
-            messages = [{"role": "user", "content": row.question}]
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": row.answer}], tokenize=False)
-            if not full.startswith(prompt):  # pragma: no cover - unusual templates
-                raise DataError("the host's chat template does not extend the prompt with the answer", hint="use --no-chat")
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            target_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
         else:
-            prompt_ids = bos + tokenizer(f"Question: {row.question}\nAnswer:", add_special_tokens=False)["input_ids"]
-            target_ids = tokenizer(" " + row.answer, add_special_tokens=False)["input_ids"] + eos
-        ids = list(prompt_ids) + list(target_ids)
-        mask_len = len(prompt_ids) if loss_on == "answer" else 0
+            question, answer = str(row.question), str(row.answer)
+            prompt_ids_ = prompt_ids(tokenizer, question, chat=chat)
+            target_ids = answer_ids(tokenizer, question, answer, chat=chat)
+        ids = list(prompt_ids_) + list(target_ids)
+        mask_len = len(prompt_ids_) if loss_on == "answer" else 0
         labels = [IGNORE_INDEX] * mask_len + ids[mask_len:]
         if len(ids) > max_length:
             truncated += 1

@@ -57,6 +57,12 @@ METRICS: dict[str, str] = {
     "length": "tokens",
     "drift": "KL drift",
 }
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "alignment": ("target", "target_top", "target_gain", "valence"),
+    "fluency": ("perplexity", "distinct_1", "distinct_2", "repetition", "length"),
+    "drift": ("drift",),
+}
+"""How the metrics are grouped in tables (``irm evaluate``'s console, the HTML report)."""
 HOST = "host"
 
 
@@ -236,26 +242,55 @@ def _default_scorer() -> Scorer:
 
 
 # ---------------------------------------------------------------- writing
+REPORT_FILES = ("report.json", "report.csv", "generations.jsonl", "curve.png")
+"""What :func:`write_report` writes into its folder."""
+
+
+def check_report_dir(out: str | Path, *, overwrite: bool, option: str = "--out") -> Path:
+    """Check, before any work, that an evaluation may be written to ``out``: a folder (new or
+    existing, not a link or a file) that holds no evaluation yet, unless ``overwrite``; then
+    only the evaluation's own files (:data:`REPORT_FILES`) are replaced, nothing else there."""
+    from irm.core.io import check_output_dir, check_output_file
+
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        check_output_dir(out, overwrite=False, is_ours=lambda _: False, kind="an evaluation", option=option)
+    existing = [name for name in REPORT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if existing and not overwrite:
+        raise IRMError(f"{option} {out} already holds an evaluation ({', '.join(existing)})",
+                       hint=f"pass --overwrite to replace it, or choose another {option}")
+    for name in REPORT_FILES:  # no file of ours may be a folder or a link; the folder must be writable
+        check_output_file(out / name, overwrite=True, option=option)
+    return out
+
+
 def write_report(report: EvalReport, out: str | Path) -> dict[str, Path]:
     """``report.json``, ``report.csv`` (one row per condition, mean/lo/hi per metric),
-    ``generations.jsonl`` and ``curve.png`` in ``out``."""
+    ``generations.jsonl`` and ``curve.png`` in ``out``, written atomically together: a
+    crash or a full disk leaves the old files (or none), never half a report."""
+    import io
+
+    from irm.core.io import atomic_write_all
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("report.json", "report.csv", "generations.jsonl", "curve.png")}
-    paths["report.json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    with open(paths["report.csv"], "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["condition", "adapter", "kind", "strength"] + [f"{m}_{p}" for m in METRICS for p in Estimate._fields])
-        for c in report.conditions:
-            writer.writerow([c.name, c.adapter, c.kind, c.strength] + [v for m in METRICS for v in c.metrics[m]])
-    with open(paths["generations.jsonl"], "w", encoding="utf-8") as fh:
-        for record in report.generations:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    plot_curves(report, paths["curve.png"])
+    paths = {name: out / name for name in REPORT_FILES}
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["condition", "adapter", "kind", "strength"] + [f"{m}_{p}" for m in METRICS for p in Estimate._fields])
+    for c in report.conditions:
+        writer.writerow([c.name, c.adapter, c.kind, c.strength] + [v for m in METRICS for v in c.metrics[m]])
+    generations = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in report.generations)
+    atomic_write_all([
+        (paths["report.json"], (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8")),
+        (paths["report.csv"], table.getvalue().encode("utf-8")),
+        (paths["generations.jsonl"], generations.encode("utf-8")),
+        (paths["curve.png"], lambda path: plot_curves(report, path, format="png")),
+    ])
     return paths
 
 
-def plot_curves(report: EvalReport, path: str | Path) -> None:
+def plot_curves(report: EvalReport, path: str | Path, *, format: str | None = None) -> None:
     """Target-emotion probability against perplexity, one line per adapter over its
     strengths (from the host alone at 0), with 95% intervals on both axes."""
     import matplotlib
@@ -278,5 +313,5 @@ def plot_curves(report: EvalReport, path: str | Path) -> None:
     if report.curves():
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format=format)
     plt.close(fig)

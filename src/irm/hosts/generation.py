@@ -9,28 +9,27 @@ from typing import Any
 import torch
 from transformers import BatchEncoding
 
+from irm.data.prompts import prompt_ids, prompt_text
 from irm.hosts.loading import Host
 
 
 def format_prompt(host: Host, prompt: str, *, chat: bool = True) -> str:
     """The prompt as the host expects it: its chat template when it has one (and ``chat``),
-    else ``Question: ...\\nAnswer:``."""
-    if chat and host.has_chat_template:
-        return host.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return f"Question: {prompt}\nAnswer:"
+    else ``Question: ...\\nAnswer:`` (see :mod:`irm.data.prompts`, the one formatter
+    shared with training)."""
+    return prompt_text(host.tokenizer, prompt, chat=chat)
 
 
 def encode_prompts(host: Host, prompts: Sequence[str], *, chat: bool = True) -> BatchEncoding:
-    """Tokenise a batch, left-padded so that every row ends at its last prompt token."""
-    texts = [format_prompt(host, p, chat=chat) for p in prompts]
+    """Tokenise a batch, left-padded so that every row ends at its last prompt token. Each
+    row holds exactly the ids a training row's prompt part has for the same question
+    (:func:`irm.data.prompts.prompt_ids`, BOS included once)."""
     tok = host.tokenizer
+    rows = [{"input_ids": prompt_ids(tok, p, chat=chat)} for p in prompts]
     previous = tok.padding_side
     tok.padding_side = "left"
     try:
-        # Chat templates already contain the special tokens they need.
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not (chat and host.has_chat_template))
+        enc = tok.pad(rows, padding=True, return_tensors="pt", return_attention_mask=True)
     finally:
         tok.padding_side = previous
     return enc.to(host.device)
