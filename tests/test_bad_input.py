@@ -647,3 +647,94 @@ def test_a_byte_order_mark_is_not_bad_input(name, tmp_path):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
     assert [(r.question, r.answer) for r in read_rows(path)] == [("hi?", "there")]
+
+
+# ----------------------------------------------------------------------------- H4: resumed syntheses
+
+
+def _source(tmp: Path, n: int = 40) -> Path:
+    rows = ["question,answer"] + [f"what is thing {i}?,thing {i} is a plain object made of wood" for i in range(n)]
+    (tmp / "src.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return tmp / "src.csv"
+
+
+def _synth(tmp: Path, emotion: str, *extra) -> list:
+    return ["data", "synthesize", "--emotion", emotion, "--method", "framing", "--source", tmp / "src.csv",
+            "--out", tmp / "a.csv", "--batch-size", "1", *extra]
+
+
+def test_h4_killed_synthesis_resumes_only_with_its_own_settings(tmp_path, monkeypatch, capsys):
+    """kill -9 during `data synthesize --emotion anger`, then the same with --emotion joy:
+    refused (no mixed rows), the partial file intact; the anger rerun finishes it."""
+    _source(tmp_path, n=400)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([IRM_BIN, *map(str, _synth(tmp_path, "anger"))], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "a.csv.partial.jsonl"
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and partial.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the synthesis finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    assert partial.is_file() and not (tmp_path / "a.csv").exists()
+    with open(partial, "ab") as fh:  # and a torn last line, as a crash mid-write leaves
+        fh.write(b'{"index": 399, "row": {"quest')
+    (tmp_path / ".a.csv.x1y2.tmp").write_bytes(b"half a table")  # a temporary file of a killed final write
+    before = partial.read_bytes()
+    code, out, err = run_main(_synth(tmp_path, "joy"), monkeypatch, capsys)
+    text = flat(out + err)
+    assert code == 2, out + err
+    assert "interrupted synthesis with other settings" in text and "emotion='anger'" in text and "fix:" in text
+    assert "traceback" not in text
+    assert partial.read_bytes() == before and not (tmp_path / "a.csv").exists()
+
+    code, out, err = run_main(_synth(tmp_path, "anger", "--limit", "12"), monkeypatch, capsys)  # other --limit: refused too
+    assert code == 2 and "limit" in flat(out + err), out + err
+
+    code, out, err = run_main(_synth(tmp_path, "anger", "--json"), monkeypatch, capsys)
+    assert code == 0, out + err
+    provenance = json.loads(out)
+    assert provenance["config"]["emotion"] == "anger" and provenance["source_rows"] == 400
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "a.csv")
+    assert set(table.emotion) <= {"anger"} and len(table) == provenance["kept"] and table.question.is_unique
+    assert not partial.exists() and not (tmp_path / "a.csv.partial.settings.json").exists()
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file of the killed run was left behind"
+
+
+def test_h4_a_torn_last_line_is_cut_off_before_appending(tmp_path):
+    from irm.data.synthesis import SynthesisConfig, partial_path, synthesize
+
+    rows = [irm.data.rows.Row(line=i + 2, question=f"q{i}?", answer=f"answer {i} about wood") for i in range(6)]
+    config = SynthesisConfig(emotion="anger", method="framing", candidates=2, batch_size=2)
+    out = tmp_path / "a.jsonl"
+
+    def stop(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(config, out, rows=rows, progress=stop)
+    partial = partial_path(out)
+    lines = partial.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    partial.write_bytes(b"".join(lines[:3]) + lines[3][:10])  # the 4th line torn
+    seen: list[int] = []
+
+    def keep(done, total):
+        seen.append(done)
+        if done >= 4:  # stop again right after the first appended batch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(config, out, rows=rows, progress=keep)
+    items = [json.loads(line) for line in partial.read_text().splitlines()]  # every line is whole JSON again
+    assert [i["index"] for i in items] == [0, 1, 2, 3, 4]
+    provenance = synthesize(config, out, rows=rows)
+    assert provenance["source_rows"] == 6 and not partial.exists()

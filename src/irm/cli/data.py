@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from irm.cli.options import DEFAULT_HOST, JsonOpt, console
+from irm.core.io import check_output_file
 from irm.errors import IRMError
 
 data_app = typer.Typer(help="Alignment datasets: list the built-in ones, check a file, synthesize new ones.", no_args_is_help=True)
@@ -90,19 +91,21 @@ def synthesize_cmd(
 
     Interrupted runs resume from OUT.partial.jsonl; OUT.provenance.json records the
     generator, prompt, seed, thresholds and counts kept and dropped."""
-    from irm.data.synthesis import SynthesisConfig, synthesize
+    from irm.data.synthesis import (
+        SynthesisConfig,
+        partial_path,
+        settings_path,
+        synthesize,
+    )
 
     if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
         raise IRMError(f"--out {out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
-    if out.is_dir():
-        raise IRMError(f"--out {out} is a directory", hint="pass a file name such as angry.csv")
-    if out.exists() and not overwrite:
-        raise IRMError(f"output file {out} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    check_output_file(out, overwrite=overwrite)
     if not math.isfinite(margin) or not -1 <= margin <= 1:
         raise IRMError(f"--margin {margin}: must be a number between -1 and 1", hint="e.g. --margin 0.2")
     config = SynthesisConfig(emotion=emotion, source=source, method=method, generator=generator, candidates=candidates,
                              margin=margin, seed=seed, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens)
-    partial = out.with_name(out.name + ".partial.jsonl")
+    partial, settings = partial_path(out), settings_path(out)
     had_partial = partial.exists()
     created = out.parent.absolute()
     while not created.parent.exists():
@@ -117,6 +120,7 @@ def synthesize_cmd(
         # what this run made before any batch finished.
         if not had_partial and partial.is_file() and partial.stat().st_size == 0:
             partial.unlink()
+            settings.unlink(missing_ok=True)
         if created_any and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
             shutil.rmtree(created, ignore_errors=True)
         raise
