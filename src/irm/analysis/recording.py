@@ -31,8 +31,13 @@ text are dropped too.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
+import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,9 +50,15 @@ from safetensors.numpy import save_file
 from torch import Tensor
 
 from irm.core.attach import attach
-from irm.core.io import atomic_write
+from irm.core.io import (
+    atomic_write_all,
+    check_output_dir,
+    current_umask,
+    remove_stale_temporaries,
+    remove_tree,
+)
 from irm.core.network import IRM
-from irm.errors import IRMError
+from irm.errors import IRMError, writing
 from irm.hosts.generation import encode_prompts, generate
 from irm.hosts.loading import Host
 
@@ -190,21 +201,88 @@ def record(
     return Recording(outputs, offsets, tokens, list(prompts), texts, meta)
 
 
-def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = False) -> Path:
+RECORDING_FILES = (OUTPUTS_FILE, TOKENS_FILE, PROMPTS_FILE, META_FILE)
+
+
+def is_recording_folder(directory: str | Path) -> bool:
+    """True for a folder that holds only a recording's files (complete or interrupted):
+    the only kind of folder ``--overwrite`` may replace with a recording."""
+    entries = list(Path(directory).iterdir())
+    return bool(entries) and all(e.name in RECORDING_FILES and e.is_file() and not e.is_symlink() for e in entries)
+
+
+def check_recording_out(directory: str | Path, *, overwrite: bool) -> Path:
+    """Check, before any generation, that a recording can be written to ``directory``
+    (temporary files of a killed recording there are deleted first)."""
     out = Path(directory)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IRMError(f"{out} already exists and is not empty", hint="choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)
-    arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
-    atomic_write(out / OUTPUTS_FILE, lambda path: save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"}))
-    with open(out / TOKENS_FILE, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
-    with open(out / PROMPTS_FILE, "w", encoding="utf-8") as fh:
-        for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts)):
-            fh.write(json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n")
-    (out / META_FILE).write_text(json.dumps(rec.meta, indent=2) + "\n", encoding="utf-8")
+    remove_stale_temporaries(out, RECORDING_FILES)
+    remove_stale_staging(out)
+    return check_output_dir(out, overwrite=overwrite, is_ours=is_recording_folder, kind="a recording of `irm record`")
+
+
+def staging_folder(out: Path) -> Path:
+    """A new, empty folder beside ``out`` to build its next contents in (same disk, so a
+    rename moves them into place); :func:`remove_stale_staging` deletes those a killed run left."""
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+
+
+def remove_stale_staging(out: Path) -> None:
+    parent = out.absolute().parent
+    if parent.is_dir():
+        for stale in parent.glob(f".{glob.escape(out.name)}.new-*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``rec`` to ``directory``. The files are written to a new folder beside it, which
+    replaces the old recording only once complete: a full disk or a crash leaves the old
+    recording (or nothing), never half of one."""
+    out = check_recording_out(directory, overwrite=overwrite)
+    created = out.absolute()
+    while not created.parent.exists():
+        created = created.parent  # the outermost folder this call creates
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(out)
+    try:
+        arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
+        tokens = "".join(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
+        prompts = "".join(json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n"
+                          for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts)))
+        atomic_write_all([
+            (staging / OUTPUTS_FILE, lambda path: _save_arrays(arrays, path)),
+            (staging / TOKENS_FILE, tokens.encode("utf-8")),
+            (staging / PROMPTS_FILE, prompts.encode("utf-8")),
+            (staging / META_FILE, (json.dumps(rec.meta, indent=2) + "\n").encode("utf-8")),
+        ])
+        if out.exists():
+            if any(out.iterdir()):
+                remove_tree(out)
+            else:
+                out.rmdir()
+        with writing(out):
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created != out.absolute() and created.is_dir() and not any(f.is_file() for f in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)  # the folders this call made above --out
+        raise
+    out.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
     return out
+
+
+def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """``save_file``, with its I/O failures (a full disk ...) raised as the ``OSError`` they are."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"})
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
 
 
 def is_recording(directory: str | Path) -> bool:

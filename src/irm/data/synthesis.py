@@ -17,7 +17,6 @@ resumes where it stopped; the final file and ``OUT.provenance.json`` are written
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import random
@@ -30,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from irm.core.io import atomic_write, atomic_write_all
+from irm.core.io import atomic_write, atomic_write_all, remove_stale_temporaries
 from irm.data.rows import FORMATS, Row
 from irm.errors import DataError, IRMError, writing
 from irm.evaluation.scoring import LABELS, EmotionScore, EmotionScorer
@@ -225,13 +224,9 @@ def _check_resume(out: Path, settings: dict[str, Any]) -> None:
     )
 
 
-def remove_stale_temporaries(out: Path) -> None:
+def remove_stale_files(out: Path) -> None:
     """Delete the temporary files a killed run left beside ``out`` (``.OUT.*.tmp``)."""
-    if out.parent.is_dir():
-        for name in (out.name, out.name + ".provenance.json", settings_path(out).name):
-            for tmp in out.parent.glob(f".{glob.escape(name)}.*.tmp"):
-                if tmp.is_file() and not tmp.is_symlink():
-                    tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(out.parent, (out.name, out.name + ".provenance.json", settings_path(out).name))
 
 
 def _read_partial(path: Path) -> dict[int, dict[str, Any] | None]:
@@ -300,7 +295,7 @@ def synthesize(
     maker = CandidateMaker(config)
     origin = origin or (f"rewrite:{config.generator}" if config.method == "rewrite" else "framing")
     partial = partial_path(out)
-    remove_stale_temporaries(out)
+    remove_stale_files(out)
     _check_resume(out, _settings(config, len(source_rows), origin))
     done = _read_partial(partial)
     started = time.time()
