@@ -22,9 +22,9 @@ data_app = typer.Typer(help="Alignment datasets: list the built-in ones, check a
 @data_app.command("list")
 def list_datasets(as_json: JsonOpt = False) -> None:
     """List the built-in datasets (use them as builtin:NAME)."""
-    from irm.data.rows import builtin_datasets, read_rows
+    from irm.data.rows import builtin_datasets, count_rows
 
-    rows = [{"name": f"builtin:{n}", "rows": len(read_rows(f"builtin:{n}"))} for n in builtin_datasets()]
+    rows = [{"name": f"builtin:{n}", "rows": count_rows(f"builtin:{n}")} for n in builtin_datasets()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -136,10 +136,16 @@ def score(
 ) -> None:
     """Score texts with the validated offline emotion scorer (anger, sadness, joy, neutral,
     plus Plutchik's eight emotions and VADER valence)."""
+    from irm.cli.generate import check_texts
     from irm.data.rows import FORMATS, read_rows
     from irm.evaluation.scoring import EmotionScorer
 
     texts = inputs
+    names = [t for t in inputs if t.startswith("builtin:") or (Path(t).suffix.lower() in FORMATS and not any(c.isspace() for c in t))]
+    if len(inputs) > 1 and names:
+        raise IRMError(f"{names[0]!r} looks like a data file: score reads either one data file or texts, not several files",
+                       hint=f"score one file at a time (irm score {names[0]}), or put a space in a text that only looks like a file name")
+    check_texts(inputs, "text", allow_empty=True)
     first = inputs[0] if len(inputs) == 1 else ""
     looks_like_file = bool(first) and Path(first).suffix.lower() in FORMATS and not any(c.isspace() for c in first)
     if first.startswith("builtin:") or (looks_like_file and Path(first).exists()):
