@@ -238,9 +238,9 @@ CASES = [
          ["output directory", "run already exists", "--overwrite", "--resume"]),
     Case("import-out-exists", lambda t, m: (t / "out").mkdir() or (t / "out" / "keep.txt").write_text("mine") and
          ["import-reference", _file("r.ckpt", b"x")(t), "--host", TINY, "--out", t / "out"],
-         ["output directory", "already exists", "--overwrite"]),
+         ["--out", "already exists and is not empty", "--overwrite"]),
     Case("import-out-is-a-file", lambda t, m: ["import-reference", _file("r.ckpt", b"x")(t), "--host", TINY, "--out", _file("f", "x")(t)],
-         ["is a file, not a directory", "another --out"]),
+         ["is a file, not a folder", "another --out"]),
     Case("synthesize-out-exists", lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", GOOD(t)],
          ["qa.csv already exists", "--overwrite"]),
     # --- configs and settings
@@ -647,3 +647,269 @@ def test_a_byte_order_mark_is_not_bad_input(name, tmp_path):
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
     assert [(r.question, r.answer) for r in read_rows(path)] == [("hi?", "there")]
+
+
+# ----------------------------------------------------------------------------- H4: resumed syntheses
+
+
+def _source(tmp: Path, n: int = 40) -> Path:
+    rows = ["question,answer"] + [f"what is thing {i}?,thing {i} is a plain object made of wood" for i in range(n)]
+    (tmp / "src.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return tmp / "src.csv"
+
+
+def _synth(tmp: Path, emotion: str, *extra) -> list:
+    return ["data", "synthesize", "--emotion", emotion, "--method", "framing", "--source", tmp / "src.csv",
+            "--out", tmp / "a.csv", "--batch-size", "1", *extra]
+
+
+@pytest.mark.slow
+def test_h4_killed_synthesis_resumes_only_with_its_own_settings(tmp_path, monkeypatch, capsys):
+    """kill -9 during `data synthesize --emotion anger`, then the same with --emotion joy:
+    refused (no mixed rows), the partial file intact; the anger rerun finishes it."""
+    _source(tmp_path, n=30)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([IRM_BIN, *map(str, _synth(tmp_path, "anger"))], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "a.csv.partial.jsonl"
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and partial.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the synthesis finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    assert partial.is_file() and not (tmp_path / "a.csv").exists()
+    with open(partial, "ab") as fh:  # and a torn last line, as a crash mid-write leaves
+        fh.write(b'{"index": 29, "row": {"quest')
+    (tmp_path / ".a.csv.x1y2.tmp").write_bytes(b"half a table")  # a temporary file of a killed final write
+    before = partial.read_bytes()
+    code, out, err = run_main(_synth(tmp_path, "joy"), monkeypatch, capsys)
+    text = flat(out + err)
+    assert code == 2, out + err
+    assert "interrupted synthesis with other settings" in text and "emotion='anger'" in text and "fix:" in text
+    assert "traceback" not in text
+    assert partial.read_bytes() == before and not (tmp_path / "a.csv").exists()
+
+    code, out, err = run_main(_synth(tmp_path, "anger", "--limit", "12"), monkeypatch, capsys)  # other --limit: refused too
+    assert code == 2 and "limit" in flat(out + err), out + err
+
+    code, out, err = run_main(_synth(tmp_path, "anger", "--json"), monkeypatch, capsys)
+    assert code == 0, out + err
+    provenance = json.loads(out)
+    assert provenance["config"]["emotion"] == "anger" and provenance["source_rows"] == 30
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "a.csv")
+    assert set(table.emotion) <= {"anger"} and len(table) == provenance["kept"] and table.question.is_unique
+    assert not partial.exists() and not (tmp_path / "a.csv.partial.settings.json").exists()
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file of the killed run was left behind"
+
+
+def test_h4_a_torn_last_line_is_cut_off_before_appending(tmp_path):
+    from irm.data.synthesis import SynthesisConfig, partial_path, synthesize
+
+    rows = [irm.data.rows.Row(line=i + 2, question=f"q{i}?", answer=f"answer {i} about wood") for i in range(6)]
+    config = SynthesisConfig(emotion="anger", method="framing", candidates=2, batch_size=2)
+    out = tmp_path / "a.jsonl"
+
+    def stop(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(config, out, rows=rows, progress=stop)
+    partial = partial_path(out)
+    lines = partial.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    partial.write_bytes(b"".join(lines[:3]) + lines[3][:10])  # the 4th line torn
+    seen: list[int] = []
+
+    def keep(done, total):
+        seen.append(done)
+        if done >= 4:  # stop again right after the first appended batch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(config, out, rows=rows, progress=keep)
+    items = [json.loads(line) for line in partial.read_text().splitlines()]  # every line is whole JSON again
+    assert [i["index"] for i in items] == [0, 1, 2, 3, 4]
+    provenance = synthesize(config, out, rows=rows)
+    assert provenance["source_rows"] == 6 and not partial.exists()
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def _no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any generation is a failure: the output path must be refused before it."""
+    import irm.analysis.recording as recording
+    import irm.hosts.generation as generation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generation started before --out was checked")
+
+    monkeypatch.setattr(generation, "generate", refuse)
+    monkeypatch.setattr(recording, "generate", refuse)
+
+
+def _recording(tmp: Path) -> Path:
+    from irm.analysis.recording import record, save_recording
+
+    host = tiny_host()
+    return save_recording(record(host, irm.IRM.for_host(host, "all", seed=0), ["hi", "a b c"], max_new_tokens=2), tmp / "rec")
+
+
+def _link(tmp: Path, target: Path, name: str = "link") -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "keep.txt").write_text("mine")
+    (tmp / name).symlink_to(target, target_is_directory=True)
+    return tmp / name
+
+
+def _foreign(tmp: Path) -> Path:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("mine")
+    return tmp / "mine"
+
+
+def _record(tmp: Path, m: pytest.MonkeyPatch, out: Path, *extra) -> list:
+    _no_generation(m)
+    return ["record", "--irm", make_irm_dir(tmp / "irm"), "--limit", "1", "--max-new-tokens", "2", "--out", out, *extra]
+
+
+def _steer(out: Path, *extra) -> list:
+    return ["steer", "fit", "--host", TINY, "--max-rows", "4", "--out", out, *extra]
+
+
+def _import(tmp: Path, out: Path, *extra) -> list:
+    return ["import-reference", _reference_checkpoint(tmp), "--host", TINY, "--out", out, *extra]
+
+
+OUT_CASES = [
+    Case("record-out-is-a-file", lambda t, m: _record(t, m, _file("f", "x")(t)), ["--out", "is a file, not a folder"]),
+    Case("record-out-is-a-link", lambda t, m: _record(t, m, _link(t, t / "elsewhere")), ["is a symbolic link", "never writes or deletes through links"]),
+    Case("record-overwrite-foreign-folder", lambda t, m: _record(t, m, _foreign(t), "--overwrite"),
+         ["holds files that are not a recording", "--overwrite replaces only"]),
+    Case("record-out-exists", lambda t, m: _record(t, m, _foreign(t)), ["already exists and is not empty", "--overwrite"]),
+    Case("record-overwrite-cwd", lambda t, m: (t / "x").write_text("x") and _record(t, m, Path("."), "--overwrite"),
+         ["is the current folder", "never replaces it"]),
+    Case("analyze-out-is-a-file", lambda t, m: ["analyze", _recording(t), "--no-host-outliers", "--out", _file("f.png", "x")(t)],
+         ["--out", "is a file, not a folder"]),
+    Case("analyze-out-is-a-link", lambda t, m: ["analyze", _recording(t), "--no-host-outliers", "--out", _link(t, t / "elsewhere")],
+         ["is a symbolic link"]),
+    Case("steer-out-is-a-file", lambda t, m: _steer(_file("f", "x")(t)), ["--out", "is a file, not a folder"]),
+    Case("steer-out-is-a-link", lambda t, m: _steer(_link(t, t / "elsewhere"), "--overwrite"), ["is a symbolic link"]),
+    Case("steer-overwrite-foreign-folder", lambda t, m: _steer(_foreign(t), "--overwrite"),
+         ["holds files that are not an irm or steering-vector folder"]),
+    Case("import-out-is-a-link", lambda t, m: _import(t, _link(t, t / "elsewhere"), "--overwrite"), ["is a symbolic link"]),
+    Case("import-overwrite-foreign-folder", lambda t, m: _import(t, _foreign(t), "--overwrite"),
+         ["holds files that are not an irm or steering-vector folder"]),
+    Case("synthesize-out-is-a-link", lambda t, m: (t / "real.csv").write_text("question,answer\n") and (t / "l.csv").symlink_to(t / "real.csv")
+         or ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", t / "l.csv", "--overwrite"],
+         ["l.csv is a symbolic link"]),
+    Case("synthesize-out-under-a-file", lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing",
+                                                      "--out", _file("f", "x")(t) / "a.csv"], ["is a file, not a folder"]),
+    Case("record-out-under-a-file", lambda t, m: _record(t, m, _file("f", "x")(t) / "rec"), ["is a file, not a folder"],
+         real_process=False),
+]
+
+
+@pytest.mark.parametrize("case", OUT_CASES, ids=[c.id for c in OUT_CASES])
+def test_output_paths_are_checked_up_front(case: Case, tmp_path, monkeypatch, capsys):
+    test_bad_input_is_refused_cleanly(case, tmp_path, monkeypatch, capsys)
+    for link in tmp_path.glob("link"):
+        assert (link.resolve() / "keep.txt").read_text() == "mine"  # nothing deleted through the link
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody may write: a read-only tmpfs when running as root (root ignores
+    permissions), else a folder without write permission."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root, and mount is not permitted here: cannot make a folder root may not write")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("command", ["record", "synthesize", "analyze", "steer", "import"])
+def test_out_in_an_unwritable_folder_is_refused_up_front(command, read_only_folder, tmp_path, monkeypatch, capsys):
+    target = read_only_folder / "new"
+    args = {
+        "record": lambda: _record(tmp_path, monkeypatch, target),
+        "synthesize": lambda: ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", read_only_folder / "a.csv"],
+        "analyze": lambda: ["analyze", _recording(tmp_path), "--no-host-outliers", "--out", target],
+        "steer": lambda: _steer(target),
+        "import": lambda: _import(tmp_path, target),
+    }[command]()
+    code, out, err = run_main(args, monkeypatch, capsys)
+    text = flat(out + err)
+    assert code == 2 and "not writable" in text and "fix:" in text and "traceback" not in text, out + err
+    assert list(read_only_folder.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- a real full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs), so writes fail with the kernel's ENOSPC."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs (mount -t tmpfs -o size=256k)")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"mount is not permitted here: {proc.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def _fill(folder: Path, leave: int) -> None:
+    """Fill the disk until about ``leave`` bytes are free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    if free > leave:
+        (folder / "filler").write_bytes(b"\0" * (free - leave))
+
+
+@pytest.mark.parametrize("command", ["record", "synthesize", "steer", "analyze"])
+def test_a_real_full_disk_is_exit_2_and_keeps_the_old_files(command, small_disk, tmp_path, monkeypatch, capsys):
+    """Each command writes once into the empty disk (to have old files), then again with
+    the disk full: exit 2 "disk full", the old files unchanged, no temporary file left."""
+    rec = _recording(tmp_path) if command == "analyze" else None
+    _source(tmp_path, n=200)
+    target = small_disk / ("a.jsonl" if command == "synthesize" else "out")
+    args = {
+        "record": ["record", "--irm", make_irm_dir(tmp_path / "irm"), "--limit", "2", "--max-new-tokens", "4", "--out", target, "--overwrite"],
+        "synthesize": ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--candidates", "1", "--source",
+                       tmp_path / "src.csv", "--limit", "20", "--out", target, "--overwrite"],
+        "steer": _steer(target, "--overwrite"),
+        "analyze": ["analyze", rec, "--no-host-outliers", "--frames", "2", "--token-plots", "1", "--out", target],
+    }[command]
+    code, out, err = run_main(args, monkeypatch, capsys)
+    assert code == 0, out + err
+    before = snapshot(small_disk)
+    _fill(small_disk, leave=2048)
+    with_filler = snapshot(small_disk)
+    if command == "synthesize":  # more rows than fit in the space left
+        args = [a if a != "20" else "200" for a in args]
+    code, out, err = run_main(args, monkeypatch, capsys)
+    text = flat(out + err)
+    assert code == 2, out + err
+    assert "disk full" in text and "fix:" in text and "traceback" not in text, out + err
+    after = snapshot(small_disk)
+    if command == "synthesize":  # finished batches stay in the partial file, for a resume
+        after = {k: v for k, v in after.items() if ".partial" not in k}
+    assert after == with_filler, "the old files changed, or a partial file was left"
+    assert {k: v for k, v in after.items() if k != "filler"} == before

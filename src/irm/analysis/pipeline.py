@@ -13,6 +13,8 @@ largest indices are the IRM's.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +30,9 @@ from irm.analysis.recording import (
     is_recording,
     load_recording,
     record,
+    remove_stale_staging,
     save_recording,
+    staging_folder,
 )
 from irm.analysis.statistics import (
     coincidence,
@@ -41,8 +45,9 @@ from irm.analysis.statistics import (
     striation,
     top_k,
 )
+from irm.core.io import check_output_dir
 from irm.data.rows import read_prompts, read_rows
-from irm.errors import IRMError
+from irm.errors import IRMError, writing
 from irm.hosts.loading import Host, load_host
 from irm.training.rundir import RunDir
 
@@ -155,8 +160,10 @@ def _plot_rows(rec: Recording, limit: int) -> list[int]:
 
 
 def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outliers: HostOutliers | None,
-                      gradients: tuple[str, ResidualGradients] | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Write one recording's files to ``out``; return its summary and index profile."""
+                      gradients: tuple[str, ResidualGradients] | None = None,
+                      shown_as: Path | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Write one recording's files to ``out``; return its summary and index profile. The
+    summary names the files as under ``shown_as`` (where they will be moved), if given."""
     out.mkdir(parents=True, exist_ok=True)
     layers = rec.layers
     mean_map = mean_abs_map(rec.outputs)
@@ -197,23 +204,72 @@ def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outlie
         summary["host_gradients"] = compare_gradients(grads, profile, top.indices, data, options.k)
         (out / "host_gradients.json").write_text(json.dumps(summary["host_gradients"], indent=2) + "\n", encoding="utf-8")
         files.append(out / "host_gradients.json")
-    summary["files"] = [str(f) for f in files]
+    summary["files"] = [str(f if shown_as is None else shown_as / Path(f).relative_to(out)) for f in files]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary, profile
 
 
+def check_analysis_out(out: Path) -> Path:
+    """Check, before any work, that ``--out`` can take an analysis: a folder (new, or
+    existing and writable: its files of the same names are replaced, others kept), never a
+    file or a link. Temporary folders of a killed analysis beside it are deleted."""
+    remove_stale_staging(out)
+    if out.is_dir() and not out.is_symlink():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise IRMError(f"cannot write --out {out}: the folder is not writable", hint=f"make {out} writable or choose another --out")
+        return out
+    return check_output_dir(out, overwrite=False, is_ours=lambda _: False, kind="an analysis")
+
+
+def move_into(staging: Path, out: Path) -> None:
+    """Move every file of ``staging`` to the same place under ``out`` (each by one rename)."""
+    for path in sorted(staging.rglob("*")):
+        target = out / path.relative_to(staging)
+        with writing(target):
+            if path.is_dir():
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    raise IRMError(f"{target} is in the way of the analysis folder {path.name}", hint="move it away or choose another --out")
+                target.mkdir(exist_ok=True)
+            else:
+                if target.is_symlink() or target.is_dir():
+                    raise IRMError(f"{target} is in the way of the analysis file {path.name}", hint="move it away or choose another --out")
+                os.replace(path, target)
+
+
 def analyze(inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptions | None = None) -> dict[str, Any]:
-    """Analyse every input; with several, also compare their dominant indices."""
+    """Analyse every input; with several, also compare their dominant indices. Every file is
+    first written to a folder beside ``out`` and moved into ``out`` only when all are
+    written: a full disk or a crash leaves ``out`` as it was."""
     options = options or AnalyzeOptions()
     if not inputs:
         raise IRMError("nothing to analyse", hint="pass one or more recording or run directories")
-    out = Path(out)
+    out = check_analysis_out(Path(out))
     hosts = _Hosts(options)
+    recordings = [open_input(path, hosts) for path in inputs]  # damaged inputs are refused before anything is written
+    created = not out.exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(out)
+    try:
+        with writing(out):  # a full disk (np.save, savefig ...) becomes a clear error
+            result = _analyze_into(inputs, recordings, staging, out, hosts)
+        move_into(staging, out)
+    except BaseException:
+        if created and not any(f.is_file() for f in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _analyze_into(inputs: Sequence[str | Path], recordings: Sequence[Recording], out: Path, shown: Path,
+                  hosts: _Hosts) -> dict[str, Any]:
+    options = hosts.options
     labels: list[str] = []
     summaries: list[dict[str, Any]] = []
     profiles: dict[str, dict[str, np.ndarray]] = {}
-    for path in inputs:
-        rec = open_input(path, hosts)
+    for path, rec in zip(inputs, recordings):
         label = _label(Path(path))
         label = label if label not in labels else f"{label}-{len(labels)}"
         labels.append(label)
@@ -222,7 +278,8 @@ def analyze(inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptio
         data = gradient_data(rec, options.gradients)
         site = rec.meta.get("irm_config", {}).get("site", "resid_mid")
         grads = (data, hosts.residual_gradients(host_name, data, rec.layers, site)) if data is not None else None
-        summary, profile = analyze_recording(rec, out if len(inputs) == 1 else out / label, options, outliers, grads)
+        where, shown_where = (out, shown) if len(inputs) == 1 else (out / label, shown / label)
+        summary, profile = analyze_recording(rec, where, options, outliers, grads, shown_as=shown_where)
         summaries.append({"input": str(path), "label": label, **summary})
         profiles.setdefault(f"{host_name} (hidden {rec.hidden_size})", {})[label] = profile
     if len(inputs) == 1:

@@ -31,8 +31,13 @@ text are dropped too.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
+import shutil
 import struct
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,9 +50,15 @@ from safetensors.numpy import save_file
 from torch import Tensor
 
 from irm.core.attach import attach
-from irm.core.io import atomic_write
+from irm.core.io import (
+    atomic_write_all,
+    check_output_dir,
+    current_umask,
+    remove_stale_temporaries,
+    remove_tree,
+)
 from irm.core.network import IRM
-from irm.errors import IRMError
+from irm.errors import IRMError, writing
 from irm.hosts.generation import encode_prompts, generate
 from irm.hosts.loading import Host
 
@@ -190,54 +201,196 @@ def record(
     return Recording(outputs, offsets, tokens, list(prompts), texts, meta)
 
 
-def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = False) -> Path:
+RECORDING_FILES = (OUTPUTS_FILE, TOKENS_FILE, PROMPTS_FILE, META_FILE)
+
+
+def is_recording_folder(directory: str | Path) -> bool:
+    """True for a folder that holds only a recording's files (complete or interrupted):
+    the only kind of folder ``--overwrite`` may replace with a recording."""
+    entries = list(Path(directory).iterdir())
+    return bool(entries) and all(e.name in RECORDING_FILES and e.is_file() and not e.is_symlink() for e in entries)
+
+
+def check_recording_out(directory: str | Path, *, overwrite: bool) -> Path:
+    """Check, before any generation, that a recording can be written to ``directory``
+    (temporary files of a killed recording there are deleted first)."""
     out = Path(directory)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IRMError(f"{out} already exists and is not empty", hint="choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META_FILE).unlink(missing_ok=True)
-    arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
-    atomic_write(out / OUTPUTS_FILE, lambda path: save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"}))
-    with open(out / TOKENS_FILE, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
-    with open(out / PROMPTS_FILE, "w", encoding="utf-8") as fh:
-        for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts)):
-            fh.write(json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n")
-    (out / META_FILE).write_text(json.dumps(rec.meta, indent=2) + "\n", encoding="utf-8")
+    remove_stale_temporaries(out, RECORDING_FILES)
+    remove_stale_staging(out)
+    return check_output_dir(out, overwrite=overwrite, is_ours=is_recording_folder, kind="a recording of `irm record`")
+
+
+def staging_folder(out: Path) -> Path:
+    """A new, empty folder beside ``out`` to build its next contents in (same disk, so a
+    rename moves them into place); :func:`remove_stale_staging` deletes those a killed run left."""
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+
+
+def remove_stale_staging(out: Path) -> None:
+    parent = out.absolute().parent
+    if parent.is_dir():
+        for stale in parent.glob(f".{glob.escape(out.name)}.new-*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``rec`` to ``directory``. The files are written to a new folder beside it, which
+    replaces the old recording only once complete: a full disk or a crash leaves the old
+    recording (or nothing), never half of one."""
+    out = check_recording_out(directory, overwrite=overwrite)
+    created = out.absolute()
+    while not created.parent.exists():
+        created = created.parent  # the outermost folder this call creates
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(out)
+    try:
+        arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
+        tokens = "".join(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
+        prompts = "".join(json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n"
+                          for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts)))
+        atomic_write_all([
+            (staging / OUTPUTS_FILE, lambda path: _save_arrays(arrays, path)),
+            (staging / TOKENS_FILE, tokens.encode("utf-8")),
+            (staging / PROMPTS_FILE, prompts.encode("utf-8")),
+            (staging / META_FILE, (json.dumps(rec.meta, indent=2) + "\n").encode("utf-8")),
+        ])
+        if out.exists():
+            if any(out.iterdir()):
+                remove_tree(out)
+            else:
+                out.rmdir()
+        with writing(out):
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created != out.absolute() and created.is_dir() and not any(f.is_file() for f in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)  # the folders this call made above --out
+        raise
+    out.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
     return out
+
+
+def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """``save_file``, with its I/O failures (a full disk ...) raised as the ``OSError`` they are."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"})
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
 
 
 def is_recording(directory: str | Path) -> bool:
     return (Path(directory) / META_FILE).is_file() and (Path(directory) / OUTPUTS_FILE).is_file()
 
 
+def _damaged(path: Path, why: str) -> IRMError:
+    return IRMError(f"{path}: damaged recording file: {why}", hint="record it again with `irm record`")
+
+
+def _json_lines(path: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """The lines of a recording's JSONL file, each an object with ``fields``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _damaged(path, "the file is missing") from None
+    except UnicodeDecodeError:
+        raise _damaged(path, "not UTF-8 text") from None
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            raise _damaged(path, f"line {number} is not valid JSON") from None
+        if not isinstance(item, dict) or any(f not in item for f in fields):
+            raise _damaged(path, f"line {number} is not an object with {', '.join(fields)}")
+        items.append(item)
+    return items
+
+
 def load_recording(directory: str | Path) -> Recording:
-    """Open a recording; ``outputs`` is memory-mapped, read only."""
+    """Open a recording; ``outputs`` is memory-mapped, read only. A damaged file (meta that
+    is not JSON or has no host, broken token lines, a truncated or oversized
+    ``outputs.safetensors``) is refused with a message naming it."""
     path = Path(directory)
     if not is_recording(path):
         raise IRMError(f"{path} is not a complete recording (no {META_FILE} or {OUTPUTS_FILE})",
                        hint="write one with `irm record`")
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        raise _damaged(meta_path, "not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise _damaged(meta_path, "not a JSON object")
+    host = meta.get("host")
+    if not isinstance(host, dict) or not isinstance(host.get("name"), str):
+        raise _damaged(meta_path, "it does not name the host (no host.name)")
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise _damaged(meta_path, "'layers' is not a list of layer numbers")
     arrays = mmap_safetensors(path / OUTPUTS_FILE)
-    tokens = [TokenRecord(**json.loads(line)) for line in (path / TOKENS_FILE).read_text(encoding="utf-8").splitlines()]
-    prompt_rows = [json.loads(line) for line in (path / PROMPTS_FILE).read_text(encoding="utf-8").splitlines()]
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    return Recording(arrays["outputs"], np.asarray(arrays["offsets"]), tokens,
-                     [r["text"] for r in prompt_rows], [r["generation"] for r in prompt_rows], meta)
+    outputs, offsets = arrays.get("outputs"), arrays.get("offsets")
+    if outputs is None or offsets is None or outputs.ndim != 3 or offsets.ndim != 1 or offsets.dtype != np.int64:
+        raise _damaged(path / OUTPUTS_FILE, "it does not hold a (token, layer, hidden) 'outputs' and int64 'offsets'")
+    offsets = np.asarray(offsets)
+    if len(offsets) < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != outputs.shape[0]:
+        raise _damaged(path / OUTPUTS_FILE, "its offsets do not cut the outputs into prompts")
+    if outputs.shape[1] != len(layers):
+        raise _damaged(path / OUTPUTS_FILE, f"{outputs.shape[1]} layers of outputs, but {META_FILE} names {len(layers)}")
+    tokens = [TokenRecord(**{f: t[f] for f in TokenRecord.__dataclass_fields__})
+              for t in _json_lines(path / TOKENS_FILE, list(TokenRecord.__dataclass_fields__))]
+    if len(tokens) != outputs.shape[0]:
+        raise _damaged(path / TOKENS_FILE, f"{len(tokens)} tokens, but {OUTPUTS_FILE} has {outputs.shape[0]} rows")
+    prompt_rows = _json_lines(path / PROMPTS_FILE, ["text", "generation"])
+    if len(prompt_rows) != len(offsets) - 1:
+        raise _damaged(path / PROMPTS_FILE, f"{len(prompt_rows)} prompts, but {OUTPUTS_FILE} has {len(offsets) - 1}")
+    return Recording(outputs, offsets, tokens, [str(r["text"]) for r in prompt_rows], [str(r["generation"]) for r in prompt_rows], meta)
 
 
 def mmap_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Memory-map every tensor of a safetensors file (8-byte header size, JSON header, data)."""
+    """Memory-map every tensor of a safetensors file (8-byte header size, JSON header, data).
+    A truncated or oversized file, or a header that does not describe its data, is refused."""
+    path = Path(path)
+    total = path.stat().st_size
     with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
+        head = fh.read(8)
+        if len(head) < 8:
+            raise _damaged(path, "truncated (shorter than a safetensors header)")
+        (size,) = struct.unpack("<Q", head)
+        if size > total - 8:
+            raise _damaged(path, "truncated, or not a safetensors file (its header runs past the end)")
+        try:
+            header = json.loads(fh.read(size))
+        except (ValueError, RecursionError):
+            raise _damaged(path, "its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a JSON object")
     arrays: dict[str, np.ndarray] = {}
+    data_size = total - 8 - size
+    end_of_data = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        start, end = info["data_offsets"]
-        dtype, shape = _SAFETENSORS_TO_NUMPY[info["dtype"]], tuple(info["shape"])
+        try:
+            start, end = (int(x) for x in info["data_offsets"])
+            dtype, shape = _SAFETENSORS_TO_NUMPY[info["dtype"]], tuple(int(n) for n in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise _damaged(path, f"tensor {name!r} has an unreadable description") from None
+        if any(n < 0 for n in shape) or not 0 <= start <= end or end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise _damaged(path, f"tensor {name!r}: its shape does not match its data")
+        if end > data_size:
+            raise _damaged(path, f"truncated: tensor {name!r} ends at byte {end} of {data_size}")
+        end_of_data = max(end_of_data, end)
         if end == start:
             arrays[name] = np.zeros(shape, dtype)
         else:
             arrays[name] = np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", offset=8 + size + start, shape=shape)
+    if end_of_data != data_size:
+        raise _damaged(path, f"oversized: {data_size - end_of_data} bytes after the last tensor")
     return arrays

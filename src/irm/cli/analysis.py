@@ -74,8 +74,8 @@ def record(
     """
     import torch
 
+    from irm.analysis.recording import check_recording_out, save_recording
     from irm.analysis.recording import record as run_record
-    from irm.analysis.recording import save_recording
     from irm.core.attach import attach
     from irm.data.rows import read_prompts
     from irm.hosts.generation import generate
@@ -83,10 +83,9 @@ def record(
     dtypes = {"float16": torch.float16, "float32": torch.float32}
     if dtype not in dtypes:
         raise IRMError(f"unknown --dtype {dtype!r}", hint="use float16 or float32")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IRMError(f"{out} already exists and is not empty", hint="choose another --out or pass --overwrite")
-    loaded_host, model = _load(irm, host, device, force)
+    check_recording_out(out, overwrite=overwrite)  # before any generation
     texts = read_prompts(prompts, limit=limit)
+    loaded_host, model = _load(irm, host, device, force)
     options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, greedy=greedy, seed=seed, chat=chat)
     timing: dict[str, float] = {}
     if measure_overhead:

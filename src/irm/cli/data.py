@@ -13,6 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from irm.cli.options import DEFAULT_HOST, JsonOpt, console
+from irm.core.io import check_output_file
 from irm.errors import IRMError
 
 data_app = typer.Typer(help="Alignment datasets: list the built-in ones, check a file, synthesize new ones.", no_args_is_help=True)
@@ -21,9 +22,9 @@ data_app = typer.Typer(help="Alignment datasets: list the built-in ones, check a
 @data_app.command("list")
 def list_datasets(as_json: JsonOpt = False) -> None:
     """List the built-in datasets (use them as builtin:NAME)."""
-    from irm.data.rows import builtin_datasets, read_rows
+    from irm.data.rows import builtin_datasets, count_rows
 
-    rows = [{"name": f"builtin:{n}", "rows": len(read_rows(f"builtin:{n}"))} for n in builtin_datasets()]
+    rows = [{"name": f"builtin:{n}", "rows": count_rows(f"builtin:{n}")} for n in builtin_datasets()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -90,19 +91,21 @@ def synthesize_cmd(
 
     Interrupted runs resume from OUT.partial.jsonl; OUT.provenance.json records the
     generator, prompt, seed, thresholds and counts kept and dropped."""
-    from irm.data.synthesis import SynthesisConfig, synthesize
+    from irm.data.synthesis import (
+        SynthesisConfig,
+        partial_path,
+        settings_path,
+        synthesize,
+    )
 
     if out.suffix.lower() not in (".csv", ".jsonl", ".parquet"):
         raise IRMError(f"--out {out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
-    if out.is_dir():
-        raise IRMError(f"--out {out} is a directory", hint="pass a file name such as angry.csv")
-    if out.exists() and not overwrite:
-        raise IRMError(f"output file {out} already exists", hint="pass --overwrite to replace it, or choose another --out")
+    check_output_file(out, overwrite=overwrite)
     if not math.isfinite(margin) or not -1 <= margin <= 1:
         raise IRMError(f"--margin {margin}: must be a number between -1 and 1", hint="e.g. --margin 0.2")
     config = SynthesisConfig(emotion=emotion, source=source, method=method, generator=generator, candidates=candidates,
                              margin=margin, seed=seed, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens)
-    partial = out.with_name(out.name + ".partial.jsonl")
+    partial, settings = partial_path(out), settings_path(out)
     had_partial = partial.exists()
     created = out.parent.absolute()
     while not created.parent.exists():
@@ -117,6 +120,7 @@ def synthesize_cmd(
         # what this run made before any batch finished.
         if not had_partial and partial.is_file() and partial.stat().st_size == 0:
             partial.unlink()
+            settings.unlink(missing_ok=True)
         if created_any and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
             shutil.rmtree(created, ignore_errors=True)
         raise
@@ -132,10 +136,16 @@ def score(
 ) -> None:
     """Score texts with the validated offline emotion scorer (anger, sadness, joy, neutral,
     plus Plutchik's eight emotions and VADER valence)."""
+    from irm.cli.generate import check_texts
     from irm.data.rows import FORMATS, read_rows
     from irm.evaluation.scoring import EmotionScorer
 
     texts = inputs
+    names = [t for t in inputs if t.startswith("builtin:") or (Path(t).suffix.lower() in FORMATS and not any(c.isspace() for c in t))]
+    if len(inputs) > 1 and names:
+        raise IRMError(f"{names[0]!r} looks like a data file: score reads either one data file or texts, not several files",
+                       hint=f"score one file at a time (irm score {names[0]}), or put a space in a text that only looks like a file name")
+    check_texts(inputs, "text", allow_empty=True)
     first = inputs[0] if len(inputs) == 1 else ""
     looks_like_file = bool(first) and Path(first).suffix.lower() in FORMATS and not any(c.isspace() for c in first)
     if first.startswith("builtin:") or (looks_like_file and Path(first).exists()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated
 
 import typer
@@ -21,7 +22,8 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per prompt.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for sampling (each prompt batch uses seed + offset).")] = 0,
     greedy: Annotated[bool, typer.Option("--greedy/--sample", help="Greedy decoding (default) or sampling.")] = True,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 0.7,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample); 0 means greedy.")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability (with --sample).")] = 0.9,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the host's chat template when it has one.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Attach even if the IRM was made for another host.")] = False,
     device: DeviceOpt = "auto",
@@ -37,13 +39,15 @@ def generate(
     from irm.hosts.loading import load_host
 
     check_strength(strength)
+    check_texts(prompt, "--prompt")
+    greedy = greedy or check_sampling(temperature, top_p)
     use_irm = irm.lower() != "none"
     if compare and not use_irm:
         raise IRMError("--compare needs an IRM to compare against", hint="pass --irm DIR")
     loaded_host = load_host(host, device=device)
     check_prompt_lengths(loaded_host, prompt, max_new_tokens=max_new_tokens, chat=chat)
     model = load_adapter(irm, loaded_host, check_host=not force, device=loaded_host.device) if use_irm else None
-    options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, seed=seed, chat=chat)
+    options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, seed=seed, chat=chat)
     outputs: dict[str, list[str]] = {}
     if compare or not use_irm:
         outputs["host"] = [g.text for g in run_generate(loaded_host, prompt, **options)]
@@ -60,6 +64,29 @@ def generate(
     for i, p in enumerate(prompt):
         table.add_row(p, *(v[i] for v in outputs.values()))
     console.print(table)
+
+
+def check_sampling(temperature: float, top_p: float) -> bool:
+    """Refuse sampling settings that are not numbers in range; True when they mean greedy
+    decoding (``--temperature 0``, as in OpenAI's API)."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise IRMError(f"--temperature {temperature}: must be a number >= 0", hint="e.g. --temperature 0.7 (0 means greedy)")
+    if not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise IRMError(f"--top-p {top_p}: must be a number above 0 and at most 1", hint="e.g. --top-p 0.9 (1 keeps every token)")
+    return temperature == 0
+
+
+def check_texts(texts: list[str], what: str, *, allow_empty: bool = False) -> None:
+    """Refuse texts that are not valid Unicode (a lone surrogate, as a shell passes bytes
+    that are not UTF-8) and, unless ``allow_empty``, texts that are empty or only whitespace."""
+    for i, text in enumerate(texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise IRMError(f"{what} {i} is not valid text: character {exc.start + 1} is a lone surrogate ({text[exc.start]!a})",
+                           hint="pass UTF-8 text (check the terminal's or the file's encoding)") from None
+        if not allow_empty and not text.strip():
+            raise IRMError(f"{what} {i} is empty" + (" (only whitespace)" if text else ""), hint="give every prompt some text")
 
 
 def check_prompt_lengths(loaded_host, prompts: list[str], *, max_new_tokens: int, chat: bool) -> None:

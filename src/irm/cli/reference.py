@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from irm.cli.options import DEFAULT_HOST, HostOpt, JsonOpt, console
-from irm.errors import IRMError
+from irm.cli.steer import check_adapter_out, save_adapter
 
 
 def import_reference(
@@ -32,10 +31,7 @@ def import_reference(
 
       irm import-reference epoch=3.ckpt --host ./Llama-2-7b-hf --out runs/angry-ref
     """
-    if out.exists() and not out.is_dir():
-        raise IRMError(f"--out {out} is a file, not a directory", hint="choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IRMError(f"output directory {out} already exists", hint="pass --overwrite to write into it, or choose another --out")
+    check_adapter_out(out, overwrite=overwrite)
     from irm.core.layers import format_layers
     from irm.hosts.loading import load_host
     from irm.training.reference_import import (
@@ -46,16 +42,7 @@ def import_reference(
     ref = read_reference_checkpoint(ckpt)
     loaded_host = load_host(host, device="cpu")
     model = irm_from_reference(ref, loaded_host, layers=layers)
-    created = out.absolute()
-    while not created.parent.exists():
-        created = created.parent  # the first folder this command will create
-    created_any = not out.exists()
-    try:
-        model.save_pretrained(out)  # atomic per file: an old IRM in --out survives a failed write
-    except BaseException:
-        if created_any:
-            shutil.rmtree(created, ignore_errors=True)  # leave no half-made directory behind
-        raise
+    save_adapter(model, out)
     summary = {
         "out": str(out),
         "layers": model.config.layers,

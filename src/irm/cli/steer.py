@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostOpt, JsonOpt, console
-from irm.errors import IRMError
+from irm.core.io import check_output_dir, remove_stale_temporaries
 
 steer_app = typer.Typer(help="Activation-steering baselines (ActAdd / CAA-style mean-difference vectors).", no_args_is_help=True)
 
@@ -46,8 +46,7 @@ def fit(
     from irm.data.rows import read_pairs, read_rows
     from irm.hosts.loading import load_host
 
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise IRMError(f"output directory {out} already exists", hint="pass --overwrite or choose another --out")
+    check_adapter_out(out, overwrite=overwrite)
     rng = random.Random(seed)
     if neutral == "paired":
         target_rows, neutral_rows = read_pairs(target)
@@ -60,7 +59,7 @@ def fit(
     chosen = layers or str(loaded.num_layers // 2)
     extra = {"target": target, "neutral": neutral, **({"emotion": emotion} if emotion else {})}
     vector = fit_steering_vector(loaded, target_rows, neutral_rows, chosen, site=site, max_length=max_length, extra=extra)
-    vector.save_pretrained(out)
+    save_adapter(vector, out)
     norms = [round(float(v), 3) for v in vector.vectors.float().norm(dim=0)]
     summary = {"out": str(out), "layers": vector.config.layers, "site": site, "norms": norms,
                "target_rows": len(target_rows), "neutral_rows": len(neutral_rows), "host": loaded.name}
@@ -70,3 +69,36 @@ def fit(
     console.print(f"[bold]steering vector written to[/] {out}")
     console.print(f"layers {format_layers(vector.config.layers)} at {site}, norms {norms}, "
                   f"from {len(target_rows)} target and {len(neutral_rows)} neutral rows")
+
+
+ADAPTER_FILES = ("irm_config.json", "model.safetensors")
+
+
+def is_adapter_folder(directory: Path) -> bool:
+    """True for a folder that holds only an IRM's or steering vector's files."""
+    entries = list(directory.iterdir())
+    return bool(entries) and all(e.name in ADAPTER_FILES and e.is_file() and not e.is_symlink() for e in entries)
+
+
+def check_adapter_out(out: Path, *, overwrite: bool) -> Path:
+    """Check, before any work, that an IRM or steering vector can be written to ``out``;
+    ``--overwrite`` replaces only such a folder (never one with other files)."""
+    remove_stale_temporaries(out, ADAPTER_FILES)
+    return check_output_dir(out, overwrite=overwrite, is_ours=is_adapter_folder, kind="an IRM or steering-vector folder")
+
+
+def save_adapter(adapter: Any, out: Path) -> None:
+    """``adapter.save_pretrained(out)`` (atomic per file: an old adapter in ``out`` survives a
+    failed write), removing the folders it made when it fails."""
+    import shutil
+
+    created = out.absolute()
+    while not created.parent.exists():
+        created = created.parent  # the outermost folder this call creates
+    created_any = not out.exists()
+    try:
+        adapter.save_pretrained(out)
+    except BaseException:
+        if created_any:
+            shutil.rmtree(created, ignore_errors=True)  # leave no half-made folder behind
+        raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -104,6 +104,7 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
                     raise DataError(f"{path}: line {number} is not a JSON object", hint='write e.g. {"question": "...", "answer": "..."}')
                 item["__line__"] = number
                 records.append(item)
+            _check_text_values(path, records)
             return records, 1
         import pandas as pd
 
@@ -128,7 +129,31 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
     records = frame.to_dict(orient="records")
     for i, item in enumerate(records):
         item["__line__"] = i + first
+    _check_text_values(path, records)
     return records, first
+
+
+TEXT_COLUMNS = ("question", "answer", "text", "prompt", "source_answer")
+
+
+def _check_text_values(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Refuse text columns that hold no text: a JSON object or list (which would be turned
+    into its Python spelling and trained on), or a string that is not valid Unicode (a lone
+    surrogate from a ``\\ud800`` escape)."""
+    for item in records:
+        for column in TEXT_COLUMNS:
+            value = item.get(column)
+            if isinstance(value, (dict, list, tuple, np.ndarray)):
+                kind = "a JSON object" if isinstance(value, dict) else "a list"
+                raise DataError(f"{path}: line {item['__line__']}: column {column!r} holds {kind}, not text",
+                                hint=f"write the {column} as a string (a JSON object is never turned into text silently)")
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise DataError(f"{path}: line {item['__line__']}: column {column!r} is not valid text "
+                                    f"(character {exc.start + 1} is a lone surrogate)",
+                                    hint="fix the \\uXXXX escapes in that row (a surrogate must come in a pair)") from None
 
 
 def _column_error(path: Path, columns: Sequence[str]) -> DataError:
@@ -200,13 +225,37 @@ def read_prompts(source: str | Path, *, limit: int | None = None) -> list[str]:
     path = resolve_data_path(source)
     records, _ = _records(path)
     columns = {k for r in records for k in r if k != "__line__"}
-    column = next((c for c in ("question", "prompt", "text") if c in columns), None)
+    column = prompt_column(columns)
     if column is None:
         raise DataError(f"{path}: needs a 'question', 'prompt' or 'text' column; found {', '.join(sorted(columns)) or 'none'}")
     prompts = [t for t in (_text(r.get(column)) for r in records) if t]
     if not prompts:
         raise DataError(f"{path}: no prompts", hint=f"fill in the {column!r} column")
     return prompts[:limit] if limit else prompts
+
+
+PROMPT_COLUMNS = ("question", "prompt", "text")
+
+
+def prompt_column(columns: Iterable[str]) -> str | None:
+    """The column that :func:`read_prompts` reads prompts from, or None."""
+    present = set(columns)
+    return next((c for c in PROMPT_COLUMNS if c in present), None)
+
+
+def is_prompts_file(columns: Iterable[str]) -> bool:
+    """True for a file of prompts only: a prompt column and no answers (``builtin:prompts``)."""
+    present = set(columns)
+    return "answer" not in present and "text" not in present and prompt_column(present) is not None
+
+
+def count_rows(source: str | Path) -> int:
+    """Rows of a data file: training rows, or prompts for a file of prompts only."""
+    path = resolve_data_path(source)
+    records, _ = _records(path)
+    if is_prompts_file({k for r in records for k in r if k != "__line__"}):
+        return len(read_prompts(path))
+    return len(read_rows(path))
 
 
 def _text(value: Any) -> str:
@@ -415,10 +464,14 @@ def check_data(
     if not records:
         report.errors.append("the file has no rows")
         return report
-    if not qa and "text" not in columns:
+    prompts_only = not qa and "text" not in columns and is_prompts_file(columns)
+    if not qa and "text" not in columns and not prompts_only:
         report.errors.append(str(_column_error(path, columns)))
         return report
-    fields = ("question", "answer") if qa else ("text",)
+    if prompts_only:
+        report.warnings.append("prompts only (no answer column): usable as --prompts for generate, record, analyze and "
+                               "evaluate, not as training data")
+    fields = ("question", "answer") if qa else ("text",) if "text" in columns else (prompt_column(columns),)
     empty = [int(r["__line__"]) for r in records if any(not _text(r.get(f)) for f in fields)]
     if empty:
         report.errors.append(f"empty {'/'.join(fields)} at line(s) {_lines(empty)}: fill them in or delete those rows")
@@ -433,7 +486,7 @@ def check_data(
     if dupes:
         report.warnings.append(f"{len(dupes)} duplicate row(s) at line(s) {_lines(dupes)}: remove them to avoid over-weighting")
     if tokenizer is not None and not empty:
-        rows = [Row(line=int(r["__line__"]), **{f: _text(r.get(f)) for f in fields}) for r in records]
+        rows = [Row(line=int(r["__line__"]), **{("text" if prompts_only else f): _text(r.get(f)) for f in fields}) for r in records]
         examples, _ = tokenize_rows(rows, tokenizer, max_length=10**9, loss_on="all", chat=chat)
         lengths = [len(e.input_ids) for e in examples]
         long = [row.line for row, n in zip(rows, lengths) if n > max_length]

@@ -29,8 +29,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from irm.core.io import atomic_write, atomic_write_all, remove_stale_temporaries
 from irm.data.rows import FORMATS, Row
-from irm.errors import DataError, IRMError
+from irm.errors import DataError, IRMError, writing
 from irm.evaluation.scoring import LABELS, EmotionScore, EmotionScorer
 
 TONE = {
@@ -181,39 +182,96 @@ def _clean(text: str) -> str:
     return text
 
 
-def _partial_path(out: Path) -> Path:
+def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
+def settings_path(out: Path) -> Path:
+    """The settings a partial file was started with, stored beside it."""
+    return out.with_name(out.name + ".partial.settings.json")
+
+
+def _settings(config: SynthesisConfig, rows: int, origin: str) -> dict[str, Any]:
+    """Everything that decides which rows a synthesis keeps (its config, the number of
+    source rows and the origin label): a partial file resumes only under the same."""
+    return {"config": asdict(config), "source_rows": rows, "origin": origin}
+
+
+def _check_resume(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``OUT.partial.jsonl`` under other settings than it was started with
+    (it would mix rows of two syntheses); start the settings file of a new partial file."""
+    partial, stored_path = partial_path(out), settings_path(out)
+    if not partial.is_file():
+        atomic_write(stored_path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        return
+    try:
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if stored == json.loads(json.dumps(settings)):
+        return
+    if stored is None:
+        why = f"{stored_path.name} is missing or unreadable, so its settings are unknown"
+    else:
+        old, new = stored.get("config", {}), settings["config"]
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        changed += [k for k in ("source_rows", "origin") if stored.get(k) != settings[k]]
+        why = "it was started with " + ", ".join(f"{k}={old.get(k, stored.get(k))!r}" for k in changed[:4])
+        why += " (now " + ", ".join(f"{k}={new.get(k, settings.get(k))!r}" for k in changed[:4]) + ")"
+    raise IRMError(
+        f"{partial} holds an interrupted synthesis with other settings: {why}; resuming would mix their rows",
+        hint=f"rerun with the same settings to resume it, or delete {partial} to start afresh, or choose another --out",
+    )
+
+
+def remove_stale_files(out: Path) -> None:
+    """Delete the temporary files a killed run left beside ``out`` (``.OUT.*.tmp``)."""
+    remove_stale_temporaries(out.parent, (out.name, out.name + ".provenance.json", settings_path(out).name))
+
+
 def _read_partial(path: Path) -> dict[int, dict[str, Any] | None]:
+    """Rows finished by an earlier run. A torn last line (a crash mid-write) is cut off the
+    file, so that the rows this run appends start on a line of their own."""
     done: dict[int, dict[str, Any] | None] = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line from a crash: redo that batch
-                done[int(item["index"])] = item.get("row")
+    if not path.is_file():
+        return done
+    with writing(path), open(path, "rb+") as fh:
+        good = 0
+        for line in fh:
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("torn line")
+                item = json.loads(line)
+                index, row = int(item["index"]), item.get("row")
+                if row is not None and not isinstance(row, dict):
+                    raise ValueError("not a row")
+            except (ValueError, KeyError, TypeError):
+                break  # a torn or damaged line: redo that batch and everything after it
+            done[index] = row
+            good += len(line)
+        fh.truncate(good)
     return done
 
 
-def write_table(rows: list[dict[str, Any]], out: Path) -> None:
-    """Write rows as CSV, JSONL or Parquet (by suffix), atomically."""
+def table_writer(rows: list[dict[str, Any]], out: Path) -> Callable[[Path], Any]:
+    """A function that writes ``rows`` as CSV, JSONL or Parquet (by ``out``'s suffix) to a path."""
     import pandas as pd
 
     kind = FORMATS.get(out.suffix.lower())
     if kind is None:
         raise DataError(f"{out}: unknown output type {out.suffix!r}", hint="use .csv, .jsonl or .parquet")
-    from irm.core.io import atomic_write
-
     frame_ = pd.DataFrame(rows)
-    writers = {
+    writers: dict[str, Callable[[Path], Any]] = {
         "csv": lambda p: frame_.to_csv(p, index=False),
         "jsonl": lambda p: frame_.to_json(p, orient="records", lines=True, force_ascii=False),
         "parquet": lambda p: frame_.to_parquet(p, index=False),
     }
-    atomic_write(out, writers[kind])  # a full disk becomes a clear error and leaves no temporary file
+    return writers[kind]
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    """Write rows as CSV, JSONL or Parquet (by suffix), atomically."""
+    atomic_write(out, table_writer(rows, out))  # a full disk becomes a clear error and leaves no temporary file
 
 
 def synthesize(
@@ -236,11 +294,15 @@ def synthesize(
     scorer = scorer or EmotionScorer()
     maker = CandidateMaker(config)
     origin = origin or (f"rewrite:{config.generator}" if config.method == "rewrite" else "framing")
-    partial = _partial_path(out)
+    partial = partial_path(out)
+    remove_stale_files(out)
+    _check_resume(out, _settings(config, len(source_rows), origin))
     done = _read_partial(partial)
     started = time.time()
     todo = [i for i in range(len(source_rows)) if i not in done]
-    with open(partial, "a", encoding="utf-8") as log:
+    with writing(partial):
+        log = open(partial, "a", encoding="utf-8")
+    with log:
         for start in range(0, len(todo), config.batch_size):
             idx = todo[start : start + config.batch_size]
             batch = [source_rows[i] for i in idx]
@@ -259,13 +321,13 @@ def synthesize(
                         best = {"question": row.question, "answer": text, "origin": origin, "source_answer": row.answer,
                                 "emotion": config.emotion, "facts_kept": round(kept, 4), **score.to_dict()}
                 done[i] = best
-                log.write(json.dumps({"index": i, "row": best}, ensure_ascii=False) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
+            with writing(partial):  # a full disk: the finished batches stay, a torn line is cut off next time
+                log.writelines(json.dumps({"index": i, "row": done[i]}, ensure_ascii=False) + "\n" for i in idx)
+                log.flush()
+                os.fsync(log.fileno())
             if progress:
                 progress(len(done), len(source_rows))
     kept_rows = [done[i] for i in range(len(source_rows)) if done.get(i)]
-    write_table(kept_rows, out)
     provenance = {
         "output": str(out), "config": asdict(config), "origin": origin,
         "source_rows": len(source_rows), "kept": len(kept_rows), "dropped": len(source_rows) - len(kept_rows),
@@ -273,6 +335,9 @@ def synthesize(
         "prompt_template": config.prompt_template if config.method == "rewrite" else None,
         "seconds": round(time.time() - started, 1),
     }
-    out.with_name(out.name + ".provenance.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    # the table and its provenance replace older ones together, or not at all
+    atomic_write_all([(out, table_writer(kept_rows, out)),
+                      (out.with_name(out.name + ".provenance.json"), (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))])
     partial.unlink(missing_ok=True)
+    settings_path(out).unlink(missing_ok=True)
     return provenance
