@@ -143,6 +143,7 @@ class IRM(nn.Module):
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
             raise IRMError(f"{weights} is corrupted or not a safetensors file ({exc})", hint="re-save or re-train this IRM") from None
+        check_weights(state, weights, hint="re-save or re-train this IRM")
         first = next(iter(state.values()), None)
         irm = cls(config, dtype=dtype or (first.dtype if first is not None else torch.float32), device="meta")
         expected = set(irm.state_dict())
@@ -162,6 +163,20 @@ class IRM(nn.Module):
         if device is not None:
             irm.to(device)
         return irm
+
+
+def check_weights(state: dict[str, Tensor], path: Path, *, hint: str) -> None:
+    """Refuse weights that no IRM writes: not floating point, of mixed dtypes, or holding
+    NaN or inf (they would make the host generate nothing)."""
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise IRMError(f"{path}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values, not floating point weights", hint=hint)
+    if len(dtypes) > 1:
+        raise IRMError(f"{path}: the weights mix dtypes ({', '.join(dtypes)})", hint=hint)
+    for key, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise IRMError(f"{path}: {key} holds NaN or inf values", hint=hint)
 
 
 def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
