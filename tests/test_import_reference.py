@@ -193,6 +193,15 @@ def test_unequal_copies_are_refused(tmp_path, tiny_llama):
         import_reference_checkpoint(ckpt, tiny_llama)
 
 
+def test_nan_in_a_reference_checkpoint_is_named(tmp_path, tiny_llama):
+    tensors = reference_tensors(N_LAYERS)
+    tensors["basic_forward.4.weight"].view(-1)[3] = float("nan")
+    ckpt = write_checkpoint(tmp_path / "ref.ckpt", tiny_llama, tensors)
+    with pytest.raises(irm.IRMError, match=r"basic_forward\.4\.weight holds NaN or inf") as info:
+        import_reference_checkpoint(ckpt, tiny_llama)
+    assert "differ" not in info.value.message
+
+
 def test_wrong_host_is_refused(tmp_path, tiny_llama):
     ckpt = write_checkpoint(tmp_path / "ref.ckpt", tiny_llama, reference_tensors(N_LAYERS))
     gpt2 = irm.load_host("tiny-random-gpt2", device="cpu")  # also hidden 64, 4 layers

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from irm.analysis.statistics import top_k
+from irm.core.sites import reading_sites
 from irm.hosts.loading import Host
 
 
@@ -77,21 +78,13 @@ def host_outlier_dims(host: Host, texts: Sequence[str], *, max_length: int = 128
     layers = host.spec.layers(host.model)
     peak = torch.zeros(len(layers), host.hidden_size)
 
-    def hook_for(i: int):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            peak[i] = torch.maximum(peak[i], hidden.detach().abs().float().amax(dim=(0, 1)).cpu())
+    def update(layer: int, site: str, hidden: Tensor) -> None:
+        peak[layer] = torch.maximum(peak[layer], hidden.detach().abs().float().amax(dim=(0, 1)).cpu())
 
-        return hook
-
-    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
-    try:
+    with reading_sites(host.spec, host.model, [(i, "resid_post") for i in range(len(layers))], update):
         for text in texts:
             enc = host.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).to(host.device)
             host.model(**enc)
-    finally:
-        for handle in handles:
-            handle.remove()
     head = host.model.get_output_embeddings()
     columns = head.weight.detach().float().norm(dim=0).cpu().numpy() if head is not None else None
     return HostOutliers(host.name, peak.numpy(), norm_gain(final_norm(host)), columns)

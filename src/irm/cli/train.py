@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from irm.cli.options import console
+from irm.core.config import spec_help
 from irm.training.config import TrainConfig
 
 Opt = typer.Option
@@ -20,11 +21,11 @@ def train(
     config_file: Annotated[Optional[Path], typer.Argument(help="YAML file of settings (see README); flags override it.")] = None,
     host: Annotated[Optional[str], Opt(help="Host name or folder [default: the embedded SmolLM2].")] = None,
     data: Annotated[Optional[str], Opt(help="CSV/JSONL/Parquet file with question+answer or text columns, or builtin:NAME.")] = None,
-    layers: Annotated[Optional[str], Opt(help="Injected layers: all, 0-7, 2,3 ... [all].")] = None,
-    site: Annotated[Optional[str], Opt(help="resid_mid (paper), resid_pre or resid_post.")] = None,
-    rank: Annotated[Optional[int], Opt(help="Low-rank IRM: factorise the output layer through this rank.")] = None,
-    depth: Annotated[Optional[int], Opt(help="Hidden layers of the IRM [4].")] = None,
-    width_multiplier: Annotated[Optional[float], Opt(help="Hidden width as a multiple of the host's [3].")] = None,
+    layers: Annotated[Optional[str], Opt(help=spec_help("layers"))] = None,
+    site: Annotated[Optional[str], Opt(help=spec_help("site"))] = None,
+    rank: Annotated[Optional[int], Opt(help=spec_help("rank"))] = None,
+    depth: Annotated[Optional[int], Opt(help=spec_help("depth"))] = None,
+    width_multiplier: Annotated[Optional[float], Opt(help=spec_help("width_multiplier"))] = None,
     out: Annotated[Optional[str], Opt(help="Run directory to create [runs/irm].")] = None,
     epochs: Annotated[Optional[int], Opt(help="Maximum epochs [15].")] = None,
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many optimizer steps (-1: off).")] = None,

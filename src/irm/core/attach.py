@@ -17,6 +17,7 @@ has run: the recomputed layers need their hooks.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,11 +27,18 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from irm.core.network import IRM
-from irm.core.sites import SITES, ArchitectureSpec, resolve_architecture
+from irm.core.sites import (
+    SITES,
+    ArchitectureSpec,
+    SiteFunction,
+    SiteHook,
+    resolve_architecture,
+)
 from irm.errors import IRMError, IRMMismatchError
 
 if TYPE_CHECKING:
     from irm.core.steering import SteeringVector
+    from irm.hosts.loading import Host
 
 OutputCallback = Callable[[Tensor], None]
 OutputTransform = Callable[[Tensor], Tensor]
@@ -40,16 +48,7 @@ OutputTransform = Callable[[Tensor], Tensor]
 class _ForwardState:
     """What one forward pass of the decoder stack carries between hooks."""
 
-    layer_input: Tensor | None = None
     delta: Tensor | None = None
-
-
-def _first(output: Any) -> Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _replace_first(output: Any, value: Tensor) -> Any:
-    return (value, *output[1:]) if isinstance(output, tuple) else value
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -64,6 +63,21 @@ def check_strength(strength: float) -> float:
     if not math.isfinite(strength):
         raise IRMError(f"strength must be a finite number, got {strength}", hint="use e.g. 0, 0.5, 1 or 2")
     return strength
+
+
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[IRMHandle]] = weakref.WeakKeyDictionary()
+"""The handles whose hooks are registered on each decoder stack (a registered hook keeps its
+handle alive, so a handle leaves this set only through :meth:`IRMHandle.remove`)."""
+
+
+def is_attached(host: Host | nn.Module) -> bool:
+    """True while an IRM or steering vector has active hooks on ``host`` (an
+    :class:`irm.Host` or a transformers model)."""
+    from irm.hosts.loading import Host
+
+    model = host.model if isinstance(host, Host) else host
+    stack = resolve_architecture(model).decoder_stack(model)
+    return any(handle.active for handle in _ATTACHED.get(stack, ()))
 
 
 class IRMHandle:
@@ -104,6 +118,7 @@ class IRMHandle:
         self._strength = check_strength(strength)
         self._enabled = True
         self._hooks: list[RemovableHandle] = []
+        self._sites: list[SiteHook] = []
         self._state: _ForwardState | None = None
         self._sync_hooks()
 
@@ -147,10 +162,7 @@ class IRMHandle:
         if want and not self._hooks:
             self._register()
         elif not want and self._hooks:
-            for hook in self._hooks:
-                hook.remove()
-            self._hooks.clear()
-            self._state = None
+            self._remove_hooks()
 
     def _register(self) -> None:
         config = self.irm.config
@@ -159,30 +171,40 @@ class IRMHandle:
         points: dict[tuple[int, str], int | None] = {(layer, config.site): slot[layer] for layer in self.active_layers}
         points.setdefault(source, None)
         stack = self.spec.decoder_stack(self.model)
-        self._hooks.append(stack.register_forward_pre_hook(self._begin_forward))
-        self._hooks.append(stack.register_forward_hook(self._end_forward))
-        for (layer_idx, site), k in sorted(points.items(), key=lambda p: (p[0][0], SITES.index(p[0][1]))):
-            layer = self._host_layers[layer_idx]
-            is_source = (layer_idx, site) == source
-            if site == "resid_pre":
-                self._hooks.append(layer.register_forward_pre_hook(self._pre_hook(is_source, k), with_kwargs=True))
-            elif site == "resid_post":
-                self._hooks.append(layer.register_forward_hook(self._post_hook(is_source, k)))
-            else:
-                if is_source:
-                    self._hooks.append(layer.register_forward_pre_hook(self._capture_layer_input, with_kwargs=True))
-                branch = self.spec.branch_module(layer)
-                self._hooks.append(branch.register_forward_hook(self._mid_hook(is_source, k)))
+        try:
+            _ATTACHED.setdefault(stack, weakref.WeakSet()).add(self)
+            self._hooks.append(stack.register_forward_pre_hook(self._begin_forward))
+            self._hooks.append(stack.register_forward_hook(self._end_forward))
+            for (layer_idx, site), k in sorted(points.items(), key=lambda p: (p[0][0], SITES.index(p[0][1]))):  # type: ignore[arg-type]
+                is_source = (layer_idx, site) == source
+                self._sites.append(SiteHook(self.spec, self._host_layers[layer_idx], site, self._site_function(is_source, k), reads=is_source))
+        except BaseException:
+            self._remove_hooks()
+            raise
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        for site in self._sites:
+            site.remove()
+        self._hooks.clear()
+        self._sites.clear()
+        self._state = None
+        _ATTACHED.get(self.spec.decoder_stack(self.model), weakref.WeakSet()).discard(self)
 
     # The decoder stack's own hooks scope one forward pass.
     def _begin_forward(self, module: nn.Module, args: Any) -> None:
         self._state = _ForwardState()
+        for site in self._sites:
+            site.clear()
 
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         # Under gradient checkpointing the backward pass re-runs layers and needs the
         # IRM output again; then it is dropped at the start of the next forward instead.
         if not _checkpointing(self.model):
             self._state = None
+            for site in self._sites:
+                site.clear()
 
     def _require_state(self) -> _ForwardState:
         if self._state is None:
@@ -201,60 +223,23 @@ class IRMHandle:
             self.on_output(delta.detach())
         state.delta = delta
 
-    def _vector(self, state: _ForwardState, k: int, like: Tensor) -> Tensor:
+    def _vector(self, state: _ForwardState, k: int) -> Tensor:
         if state.delta is None:
             raise RuntimeError("IRM output requested before the IRM ran")
         vec = state.delta[..., k]
         if self._strength != 1.0:
             vec = vec * self._strength
-        return vec.to(like.dtype)
+        return vec
 
-    def _capture_layer_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._require_state().layer_input = args[0] if args else kwargs["hidden_states"]
-
-    def _pre_hook(self, is_source: bool, k: int | None):
-        def hook(module: nn.Module, args: tuple, kwargs: dict):
+    def _site_function(self, is_source: bool, k: int | None) -> SiteFunction:
+        def at_site(resid: Tensor | None) -> Tensor | None:
             state = self._require_state()
-            hidden = args[0] if args else kwargs["hidden_states"]
             if is_source:
-                self._compute(state, hidden)
-            if k is None:
-                return None
-            hidden = hidden + self._vector(state, k, hidden)
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+                assert resid is not None
+                self._compute(state, resid)
+            return None if k is None else self._vector(state, k)
 
-        return hook
-
-    def _mid_hook(self, is_source: bool, k: int | None):
-        def hook(module: nn.Module, args: tuple, output: Any):
-            state = self._require_state()
-            branch = _first(output)
-            if is_source:
-                assert state.layer_input is not None
-                # The same sum the layer computes next; addition is commutative in IEEE
-                # arithmetic, so this equals the host's resid_mid bit for bit.
-                # layer_input is kept for the whole pass: under gradient checkpointing this
-                # hook re-runs in backward, but the layer's own pre-hook does not.
-                self._compute(state, state.layer_input + branch)
-            if k is None:
-                return None
-            return _replace_first(output, branch + self._vector(state, k, branch))
-
-        return hook
-
-    def _post_hook(self, is_source: bool, k: int | None):
-        def hook(module: nn.Module, args: tuple, output: Any):
-            state = self._require_state()
-            hidden = _first(output)
-            if is_source:
-                self._compute(state, hidden)
-            if k is None:
-                return None
-            return _replace_first(output, hidden + self._vector(state, k, hidden))
-
-        return hook
+        return at_site
 
 
 def attach(

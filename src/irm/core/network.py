@@ -7,17 +7,20 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from irm.core.config import CONFIG_NAME, IRMConfig
+from irm.core.config import CONFIG_NAME, IRMConfig, IRMSpec, spec_fields
 from irm.core.io import atomic_write_all
 from irm.core.layers import parse_layers
 from irm.errors import IRMError, IRMMismatchError, writing
+
+if TYPE_CHECKING:
+    from irm.hosts.loading import Host
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -62,32 +65,21 @@ class IRM(nn.Module):
     @classmethod
     def for_host(
         cls,
-        host: Any,
+        host: Host,
         layers: str | list[int] = "all",
+        spec: IRMSpec | None = None,
         *,
-        site: str = "resid_mid",
-        input_layer: int = 0,
-        input_site: str = "resid_mid",
-        depth: int = 4,
-        width_multiplier: float = 3.0,
-        rank: int | None = None,
-        output_init: str = "zeros",
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
+        **shape: Any,
     ) -> IRM:
-        """A fresh IRM for an :class:`irm.Host` (paper defaults unless told otherwise)."""
+        """A fresh IRM for an :class:`irm.Host`: the paper's IRM, or the shape given as a
+        ``spec`` or as :class:`IRMSpec` field keywords (``depth=2, rank=8`` ...)."""
+        if spec is not None and shape:
+            raise TypeError("pass either spec or shape keywords, not both")
+        spec = spec if spec is not None else IRMSpec(**shape)
         identity = host.identity()
-        config = IRMConfig(
-            host=identity,
-            layers=parse_layers(layers, identity.num_layers),
-            site=site,
-            input_layer=input_layer,
-            input_site=input_site,
-            depth=depth,
-            width_multiplier=width_multiplier,
-            rank=rank,
-            output_init=output_init,
-        )
+        config = IRMConfig(host=identity, layers=parse_layers(layers, identity.num_layers), **spec_fields(spec))
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -151,6 +143,7 @@ class IRM(nn.Module):
             state = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as exc:
             raise IRMError(f"{weights} is corrupted or not a safetensors file ({exc})", hint="re-save or re-train this IRM") from None
+        check_weights(state, weights, hint="re-save or re-train this IRM")
         first = next(iter(state.values()), None)
         irm = cls(config, dtype=dtype or (first.dtype if first is not None else torch.float32), device="meta")
         expected = set(irm.state_dict())
@@ -170,6 +163,20 @@ class IRM(nn.Module):
         if device is not None:
             irm.to(device)
         return irm
+
+
+def check_weights(state: dict[str, Tensor], path: Path, *, hint: str) -> None:
+    """Refuse weights that no IRM writes: not floating point, of mixed dtypes, or holding
+    NaN or inf (they would make the host generate nothing)."""
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()})
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise IRMError(f"{path}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values, not floating point weights", hint=hint)
+    if len(dtypes) > 1:
+        raise IRMError(f"{path}: the weights mix dtypes ({', '.join(dtypes)})", hint=hint)
+    for key, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise IRMError(f"{path}: {key} holds NaN or inf values", hint=hint)
 
 
 def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:

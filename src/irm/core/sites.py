@@ -22,10 +22,13 @@ and the MLP of that same layer does not see it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from irm.errors import HostError
 
@@ -46,10 +49,14 @@ class ArchitectureSpec:
     stream after attention (after any post-attention norm or dropout)."""
 
     def decoder_stack(self, model: nn.Module) -> nn.Module:
-        return model.base_model
+        stack = model.base_model
+        assert isinstance(stack, nn.Module)
+        return stack
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return getattr(self.decoder_stack(model), self.layers_attr)
+        layers = getattr(self.decoder_stack(model), self.layers_attr)
+        assert isinstance(layers, nn.ModuleList)
+        return layers
 
     def branch_module(self, layer: nn.Module) -> nn.Module:
         module = layer
@@ -101,3 +108,132 @@ def resolve_architecture(model: nn.Module) -> ArchitectureSpec:
         f"unsupported architecture {type(model).__name__} (model_type={model_type!r})",
         hint="irm supports decoder-only models of type " + ", ".join(supported_model_types()),
     )
+
+
+SiteFunction = Callable[[Tensor | None], Tensor | None]
+"""Called once per forward pass of a layer with the residual stream at the site (``None``
+when the hook does not read it); what it returns (if not ``None``) is added there, cast to
+the residual stream's dtype."""
+
+
+def _first(output: Any) -> Tensor:
+    """The hidden state of a module output that may be a tuple ``(hidden, extras...)``."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[no-any-return]
+
+
+def _replace_first(output: Any, value: Tensor) -> Any:
+    return (value, *output[1:]) if isinstance(output, tuple) else value
+
+
+def _layer_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]  # type: ignore[no-any-return]
+
+
+class SiteHook:
+    """The one place that reads the residual stream at a site of a decoder layer and adds
+    to it, with forward hooks on unmodified modules (see the module docstring for where
+    each site is; architecture quirks live in :class:`ArchitectureSpec`).
+
+    ``fn(resid)`` runs on every forward pass of the layer; ``reads=False`` passes ``None``
+    instead of the residual, which at ``resid_mid`` saves capturing the layer input. The
+    hooks stay until :meth:`remove` (or the end of a ``with`` block, also on exceptions).
+    At ``resid_mid`` the layer input is kept until :meth:`clear` or the next pass, because
+    under gradient checkpointing the branch hook runs again in backward.
+    """
+
+    def __init__(self, spec: ArchitectureSpec, layer: nn.Module, site: str, fn: SiteFunction, *, reads: bool = True) -> None:
+        if site not in SITES:
+            raise ValueError(f"unknown site {site!r}")
+        self.fn = fn
+        self._layer_input: Tensor | None = None
+        self._handles: list[RemovableHandle] = []
+        try:
+            if site == "resid_pre":
+                self._handles.append(layer.register_forward_pre_hook(self._pre, with_kwargs=True))
+            elif site == "resid_post":
+                self._handles.append(layer.register_forward_hook(self._post))
+            else:
+                if reads:
+                    self._handles.append(layer.register_forward_pre_hook(self._capture, with_kwargs=True))
+                branch = spec.branch_module(layer)
+                self._handles.append(branch.register_forward_hook(self._mid_read if reads else self._mid_add))
+        except BaseException:
+            self.remove()
+            raise
+
+    def clear(self) -> None:
+        """Drop the kept layer input (call when the forward pass, and its backward, are over)."""
+        self._layer_input = None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def __enter__(self) -> SiteHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    # hooks ------------------------------------------------------------------------
+    def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        hidden = _layer_input(args, kwargs)
+        delta = self.fn(hidden)
+        if delta is None:
+            return None
+        hidden = hidden + delta.to(hidden.dtype)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        hidden = _first(output)
+        delta = self.fn(hidden)
+        if delta is None:
+            return None
+        return _replace_first(output, hidden + delta.to(hidden.dtype))
+
+    def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._layer_input = _layer_input(args, kwargs)
+
+    def _mid_read(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        branch = _first(output)
+        if self._layer_input is None:
+            raise RuntimeError("resid_mid hook fired before its layer's input was seen")
+        # The same sum the layer computes next; addition is commutative in IEEE
+        # arithmetic, so this equals the host's resid_mid bit for bit.
+        return self._add_to_branch(output, branch, self.fn(self._layer_input + branch))
+
+    def _mid_add(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        branch = _first(output)
+        return self._add_to_branch(output, branch, self.fn(None))
+
+    @staticmethod
+    def _add_to_branch(output: Any, branch: Tensor, delta: Tensor | None) -> Any:
+        # x + (branch + v) is what the MLP and the rest of the stack see
+        return None if delta is None else _replace_first(output, branch + delta.to(branch.dtype))
+
+
+@contextmanager
+def reading_sites(spec: ArchitectureSpec, model: nn.Module, points: Iterable[tuple[int, str]], fn: Callable[[int, str, Tensor], None]) -> Iterator[None]:
+    """Call ``fn(layer, site, resid)`` at each ``(layer, site)`` point during the forward
+    passes inside the block (reading only); every hook is removed on exit, also on errors."""
+    hooks: list[SiteHook] = []
+    layers = spec.layers(model)
+
+    def reader(layer: int, site: str) -> SiteFunction:
+        def read(resid: Tensor | None) -> None:
+            assert resid is not None
+            fn(layer, site, resid)
+
+        return read
+
+    try:
+        for layer, site in points:
+            hooks.append(SiteHook(spec, layers[layer], site, reader(layer, site)))
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,11 +23,15 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from irm.core.config import CONFIG_NAME, IRMConfig
-from irm.core.io import atomic_write
+from irm.core.io import atomic_write_all
 from irm.core.layers import parse_layers
-from irm.core.network import WEIGHTS_NAME
+from irm.core.network import WEIGHTS_NAME, check_weights
+from irm.core.sites import reading_sites
 from irm.data.rows import IGNORE_INDEX, Row, collate, tokenize_rows
 from irm.errors import IRMError, IRMMismatchError, writing
+
+if TYPE_CHECKING:
+    from irm.hosts.loading import Host
 
 KIND = "steering"
 
@@ -59,8 +63,11 @@ class SteeringVector(nn.Module):
         with writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
         state = {"vectors": self.vectors.detach().contiguous().cpu()}
-        atomic_write(directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"}))
-        atomic_write(directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8"))
+        # both files are complete on disk before either replaces an older one
+        atomic_write_all([
+            (directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"})),
+            (directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8")),
+        ])
         return directory
 
     @classmethod
@@ -80,6 +87,7 @@ class SteeringVector(nn.Module):
             raise IRMError(f"{weights} is missing, corrupted or not a safetensors file ({exc})", hint="re-run `irm steer fit`") from None
         if set(state) != {"vectors"}:
             raise IRMMismatchError(f"{weights} holds {sorted(state)[:4]}, not a steering vector")
+        check_weights(state, weights, hint="re-run `irm steer fit`")
         return cls(config, state["vectors"], device=device)
 
 
@@ -92,43 +100,17 @@ def steering_config(host: Any, layers: Sequence[int], site: str, extra: dict[str
     )
 
 
-def _first(output: Any) -> Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextmanager
-def recording(host: Any, layers: Sequence[int], site: str) -> Iterator[dict[int, Tensor]]:
+def recording(host: Host, layers: Sequence[int], site: str) -> Iterator[dict[int, Tensor]]:
     """Record the hidden state at ``site`` of each of ``layers`` during forward passes
     (the last pass wins), at the same points where :func:`irm.attach` injects."""
     seen: dict[int, Tensor] = {}
-    inputs: dict[int, Tensor] = {}
-    hooks = []
-    blocks = host.spec.layers(host.model)
 
-    def grab_input(store: dict[int, Tensor], i: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            store[i] = args[0] if args else kwargs["hidden_states"]
-        return hook
+    def keep(layer: int, site: str, resid: Tensor) -> None:
+        seen[layer] = resid
 
-    def grab_output(i: int, add_input: bool):
-        def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            seen[i] = inputs.pop(i) + _first(output) if add_input else _first(output)
-        return hook
-
-    for i in layers:
-        block = blocks[i]
-        if site == "resid_pre":
-            hooks.append(block.register_forward_pre_hook(grab_input(seen, i), with_kwargs=True))
-        elif site == "resid_post":
-            hooks.append(block.register_forward_hook(grab_output(i, add_input=False)))
-        else:  # resid_mid: layer input + attention branch, as the layer itself adds them
-            hooks.append(block.register_forward_pre_hook(grab_input(inputs, i), with_kwargs=True))
-            hooks.append(host.spec.branch_module(block).register_forward_hook(grab_output(i, add_input=True)))
-    try:
+    with reading_sites(host.spec, host.model, [(i, site) for i in layers], keep):
         yield seen
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 @torch.no_grad()

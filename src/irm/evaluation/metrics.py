@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from irm.core.attach import IRMHandle, attach
+from irm.core.attach import attach, is_attached
 from irm.errors import IRMError
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -93,10 +93,8 @@ def bootstrap_ci(
 
 # ---------------------------------------------------------------- host-based metrics
 def _check_bare(host: Any) -> None:
-    """Refuse a host with an IRM or steering vector attached (every attached
-    :class:`IRMHandle` hooks the start of the decoder stack's forward)."""
-    hooks = host.spec.decoder_stack(host.model)._forward_pre_hooks.values()
-    if any(isinstance(getattr(hook, "__self__", None), IRMHandle) for hook in hooks):
+    """Refuse a host with an IRM or steering vector attached."""
+    if is_attached(host):
         raise IRMError(
             "an IRM or steering vector is attached to the host, so it is not the bare host",
             hint="compute perplexity outside `with irm.attach(...)`",

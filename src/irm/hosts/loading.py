@@ -119,7 +119,10 @@ def check_host_matches(config: IRMConfig, host: Host) -> None:
     for field in ("model_type", "hidden_size", "num_layers", "fingerprint"):
         a, b = getattr(want, field), getattr(have, field)
         if a and b and a != b:
-            problems.append(f"{field} {a} != {b}")
+            if type(a) is not type(b):
+                problems.append(f"{field} {a!r} ({type(a).__name__}) != {b!r} ({type(b).__name__})")
+            else:
+                problems.append(f"{field} {a} != {b}")
     if problems:
         raise IRMMismatchError(
             f"this IRM was made for host {want.name!r} ({want.architecture}, hidden {want.hidden_size}, "

@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from irm.core.sites import SITES
+from irm.core.config import LAYERS_HELP, IRMSpec, spec_ordered
 from irm.errors import IRMError, writing
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
@@ -35,18 +35,15 @@ ALIASES = {
 
 
 @dataclass
-class TrainConfig:
-    # what to train
+class TrainConfig(IRMSpec):
+    """Every setting of a run. The IRM's shape fields (``site``, ``depth``, ``rank`` ...)
+    come from :class:`irm.core.config.IRMSpec`; the YAML form stays flat (``depth: 4`` at
+    the top level), in the key order runs have always been written in."""
+
+    # what to train (the IRM's shape: see IRMSpec)
     host: str = "smollm2-135m-instruct"
     data: str = "builtin:anger"
-    layers: str = "all"
-    site: str = "resid_mid"
-    input_layer: int = 0
-    input_site: str = "resid_mid"
-    depth: int = 4
-    width_multiplier: float = 3.0
-    rank: int | None = None
-    output_init: str = "zeros"
+    layers: str = field(default="all", metadata={"help": LAYERS_HELP})
     # data
     max_length: int = 128
     loss_on: str = "answer"
@@ -116,17 +113,11 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, "must be >= 1", "10"),
             ("val_every", self.val_every is None or self.val_every >= 1, "must be >= 1", "100"),
             ("max_rows", self.max_rows is None or self.max_rows >= 1, "must be >= 1", "1000"),
-            ("depth", self.depth >= 0, "must be >= 0", "4"),
-            ("width_multiplier", finite(self.width_multiplier) and self.width_multiplier > 0, "must be a positive number", "3"),
-            ("rank", self.rank is None or self.rank >= 1, "must be >= 1", "64"),
-            ("input_layer", self.input_layer >= 0, "must be >= 0", "0"),
             ("grad_clip", self.grad_clip is None or (finite(self.grad_clip) and self.grad_clip > 0), "must be a positive number", "1.0"),
             ("precision", self.precision in PRECISIONS, "must be one of " + ", ".join(PRECISIONS), "bf16-mixed"),
             ("host_dtype", self.host_dtype in HOST_DTYPES, "must be one of " + ", ".join(HOST_DTYPES), "bfloat16"),
             ("accelerator", self.accelerator in ACCELERATORS, "must be one of " + ", ".join(ACCELERATORS), "auto"),
-            ("site", self.site in SITES, "must be one of " + ", ".join(SITES), "resid_mid"),
-            ("input_site", self.input_site in SITES, "must be one of " + ", ".join(SITES), "resid_mid"),
-            ("output_init", self.output_init in ("zeros", "default"), "must be zeros or default", "zeros"),
+            *self.spec_checks(),
         ]
         for key, ok, rule, example in checks:
             if not ok:
@@ -136,7 +127,7 @@ class TrainConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return spec_ordered(dataclasses.asdict(self), ("host", "data", "layers"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:

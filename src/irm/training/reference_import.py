@@ -155,6 +155,13 @@ def read_reference_checkpoint(path: str | Path) -> ReferenceCheckpoint:
             hint="pass a checkpoint saved by the paper's IRM training code",
         )
 
+    for prefix, tensors in sorted(groups.items()):
+        for name in sorted(tensors, key=_net_order):
+            if not bool(torch.isfinite(tensors[name]).all()):
+                raise IRMError(
+                    f"{path}: the IRM tensor {prefix}{name.replace('net.', 'basic_forward.')} holds NaN or inf values",
+                    hint="the checkpoint is corrupted or its training diverged; it cannot be imported",
+                )
     prefixes = sorted(groups, key=lambda p: (p.count("."), p))  # model.irm. first
     first = groups[prefixes[0]]
     for prefix in prefixes[1:]:
