@@ -16,16 +16,16 @@ def format_prompt(host: Host, prompt: str, *, chat: bool = True) -> str:
     """The prompt as the host expects it: its chat template when it has one (and ``chat``),
     else ``Question: ...\\nAnswer:``."""
     if chat and host.has_chat_template:
-        return host.tokenizer.apply_chat_template(
+        return str(host.require_tokenizer().apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        ))
     return f"Question: {prompt}\nAnswer:"
 
 
 def encode_prompts(host: Host, prompts: Sequence[str], *, chat: bool = True) -> BatchEncoding:
     """Tokenise a batch, left-padded so that every row ends at its last prompt token."""
     texts = [format_prompt(host, p, chat=chat) for p in prompts]
-    tok = host.tokenizer
+    tok = host.require_tokenizer()
     previous = tok.padding_side
     tok.padding_side = "left"
     try:
@@ -33,7 +33,8 @@ def encode_prompts(host: Host, prompts: Sequence[str], *, chat: bool = True) -> 
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not (chat and host.has_chat_template))
     finally:
         tok.padding_side = previous
-    return enc.to(host.device)
+    encoded: BatchEncoding = enc.to(host.device)
+    return encoded
 
 
 @dataclass
@@ -59,14 +60,14 @@ def generate(
 ) -> list[Generation]:
     """Generate one continuation per prompt with whatever hooks are attached to ``host``."""
     results: list[Generation] = []
-    tok = host.tokenizer
+    tok = host.require_tokenizer()
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         enc = encode_prompts(host, chunk, chat=chat)
         if seed is not None:
             torch.manual_seed(seed + start)
         sampling: dict[str, Any] = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        out = host.model.generate(
+        out = host.model.generate(  # type: ignore[operator]
             **enc,
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id,
@@ -79,5 +80,5 @@ def generate(
             if tok.eos_token_id is not None and tok.eos_token_id in ids:
                 ids = ids[: ids.index(tok.eos_token_id)]
             ids = [i for i in ids if i != tok.pad_token_id]
-            results.append(Generation(prompt=prompt, text=tok.decode(ids, skip_special_tokens=True).strip(), token_ids=ids))
+            results.append(Generation(prompt=prompt, text=str(tok.decode(ids, skip_special_tokens=True)).strip(), token_ids=ids))
     return results

@@ -287,6 +287,7 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
     # Everything is checked before the run directory is written.
     pl.seed_everything(config.seed, workers=True, verbose=False)
     host = load_host(config.host, dtype=config.host_dtype, device="cpu")
+    host.require_tokenizer()  # training needs text: refuse a model-only folder before any work
     is_zero = not _is_launcher_child()
     examples, reports = {}, {}
     for split in SPLITS:
