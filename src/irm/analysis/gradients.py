@@ -21,6 +21,7 @@ from irm.analysis.statistics import index_profile, striation, top_k
 from irm.core.attach import attach
 from irm.core.steering import SteeringVector, steering_config
 from irm.data.rows import Row, collate, tokenize_rows
+from irm.hosts.loading import Host
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ResidualGradients:
 
 
 def residual_gradients(
-    host: Any, rows: Sequence[Row], layers: Sequence[int], *, site: str = "resid_mid", max_length: int = 128,
+    host: Host, rows: Sequence[Row], layers: Sequence[int], *, site: str = "resid_mid", max_length: int = 128,
     batch_size: int = 8, loss_on: str = "answer",
 ) -> ResidualGradients:
     """Sum over ``rows`` (formatted as in training) of the loss gradient at ``site`` of ``layers``."""
@@ -62,13 +63,14 @@ def residual_gradients(
 
     probe = SteeringVector(steering_config(host, list(layers), site))
     probe.vectors.requires_grad_(True)
-    examples, _ = tokenize_rows(list(rows), host.tokenizer, max_length=max_length, loss_on=loss_on)
+    tokenizer = host.require_tokenizer()
+    examples, _ = tokenize_rows(list(rows), tokenizer, max_length=max_length, loss_on=loss_on)
     device = next(host.model.parameters()).device
     probe.to(device)
     tokens = 0
     with attach(host, probe):
         for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size], host.tokenizer.pad_token_id)
+            batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             nll, count = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             nll.backward()

@@ -81,9 +81,10 @@ def host_outlier_dims(host: Host, texts: Sequence[str], *, max_length: int = 128
     def update(layer: int, site: str, hidden: Tensor) -> None:
         peak[layer] = torch.maximum(peak[layer], hidden.detach().abs().float().amax(dim=(0, 1)).cpu())
 
+    tokenizer = host.require_tokenizer()
     with reading_sites(host.spec, host.model, [(i, "resid_post") for i in range(len(layers))], update):
         for text in texts:
-            enc = host.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).to(host.device)
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length).to(host.device)
             host.model(**enc)
     head = host.model.get_output_embeddings()
     columns = head.weight.detach().float().norm(dim=0).cpu().numpy() if head is not None else None

@@ -4,7 +4,7 @@ steering vector, loaded from a directory by its ``irm_config.json``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +13,9 @@ from irm.core.network import IRM
 from irm.core.steering import KIND as STEERING
 from irm.core.steering import SteeringVector
 from irm.errors import IRMError
+
+if TYPE_CHECKING:
+    from irm.hosts.loading import Host
 
 Adapter = IRM | SteeringVector
 
@@ -26,7 +29,7 @@ def adapter_kind(config: IRMConfig) -> str:
 
 
 def load_adapter(
-    directory: str | Path, host: Any | None = None, *, check_host: bool = True, device: torch.device | str | None = None
+    directory: str | Path, host: Host | None = None, *, check_host: bool = True, device: torch.device | str | None = None
 ) -> Adapter:
     """Load whatever adapter ``directory`` holds; refuses one made for another host."""
     directory = Path(directory)

@@ -70,12 +70,17 @@ _ATTACHED: weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet[IRMHandle]] = we
 handle alive, so a handle leaves this set only through :meth:`IRMHandle.remove`)."""
 
 
+def model_of(host: Host | nn.Module) -> nn.Module:
+    """The transformers model of an :class:`irm.Host`, or ``host`` itself when it is one."""
+    from irm.hosts.loading import Host
+
+    return host.model if isinstance(host, Host) else host
+
+
 def is_attached(host: Host | nn.Module) -> bool:
     """True while an IRM or steering vector has active hooks on ``host`` (an
     :class:`irm.Host` or a transformers model)."""
-    from irm.hosts.loading import Host
-
-    model = host.model if isinstance(host, Host) else host
+    model = model_of(host)
     stack = resolve_architecture(model).decoder_stack(model)
     return any(handle.active for handle in _ATTACHED.get(stack, ()))
 
@@ -99,11 +104,12 @@ class IRMHandle:
         self.spec: ArchitectureSpec = resolve_architecture(model)
         self._host_layers = self.spec.layers(model)
         config = irm.config
-        if config.host.num_layers != len(self._host_layers) or config.hidden_size != model.config.hidden_size:
+        host_hidden = int(getattr(model.config, "hidden_size", -1))
+        if config.host.num_layers != len(self._host_layers) or config.hidden_size != host_hidden:
             raise IRMMismatchError(
                 f"IRM made for a {config.host.num_layers}-layer, hidden-{config.hidden_size} host "
                 f"({config.host.name}) cannot attach to {type(model).__name__} with "
-                f"{len(self._host_layers)} layers and hidden size {model.config.hidden_size}"
+                f"{len(self._host_layers)} layers and hidden size {host_hidden}"
             )
         wanted = list(config.layers) if layers is None else sorted(set(int(i) for i in layers))
         outside = sorted(set(wanted) - set(config.layers))
@@ -175,7 +181,7 @@ class IRMHandle:
             _ATTACHED.setdefault(stack, weakref.WeakSet()).add(self)
             self._hooks.append(stack.register_forward_pre_hook(self._begin_forward))
             self._hooks.append(stack.register_forward_hook(self._end_forward))
-            for (layer_idx, site), k in sorted(points.items(), key=lambda p: (p[0][0], SITES.index(p[0][1]))):  # type: ignore[arg-type]
+            for (layer_idx, site), k in sorted(points.items(), key=lambda p: (p[0][0], SITES.index(p[0][1]))):
                 is_source = (layer_idx, site) == source
                 self._sites.append(SiteHook(self.spec, self._host_layers[layer_idx], site, self._site_function(is_source, k), reads=is_source))
         except BaseException:
@@ -243,7 +249,7 @@ class IRMHandle:
 
 
 def attach(
-    host: Any,
+    host: Host | nn.Module,
     irm: IRM | SteeringVector,
     *,
     strength: float = 1.0,
@@ -258,14 +264,14 @@ def attach(
     the IRM output ``(batch, seq, hidden, n_layers)`` of every forward pass (detached);
     ``transform`` edits that output before it is injected (e.g. to ablate indices).
     """
-    model = getattr(host, "model", host)
+    model = model_of(host)
     return IRMHandle(model, irm, strength=strength, layers=layers, on_output=on_output, transform=transform)
 
 
 @torch.no_grad()
-def irm_output(host: Any, irm: IRM, **inputs: Tensor) -> Tensor:
+def irm_output(host: Host | nn.Module, irm: IRM, **inputs: Tensor) -> Tensor:
     """Run the host once with ``irm`` attached and return the IRM output for ``inputs``."""
     captured: list[Tensor] = []
     with attach(host, irm, on_output=captured.append):
-        getattr(host, "model", host)(**inputs)
+        model_of(host)(**inputs)
     return captured[0]

@@ -168,8 +168,8 @@ class IRMConfig(IRMSpec):
         if self.input_layer >= self.host.num_layers:
             raise IRMError(f"input_layer {self.input_layer} out of range for a {self.host.num_layers}-layer host",
                            hint=f"pick a layer between 0 and {self.host.num_layers - 1}")
-        first = (self.layers[0], SITES.index(self.site))  # type: ignore[arg-type]
-        source = (self.input_layer, SITES.index(self.input_site))  # type: ignore[arg-type]
+        first = (self.layers[0], SITES.index(self.site))
+        source = (self.input_layer, SITES.index(self.input_site))
         if first < source:
             raise IRMError(
                 f"layer {self.layers[0]} at {self.site} comes before the IRM's input "

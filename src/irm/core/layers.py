@@ -61,7 +61,7 @@ def format_layers(layers: list[int]) -> str:
     for i in sorted(layers):
         if start is None:
             start = prev = i
-        elif i == prev + 1:
+        elif prev is not None and i == prev + 1:
             prev = i
         else:
             parts.append(str(start) if start == prev else f"{start}-{prev}")

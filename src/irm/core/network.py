@@ -92,7 +92,7 @@ class IRM(nn.Module):
         return last
 
     def forward(self, hidden: Tensor) -> Tensor:
-        out = self.net(hidden)
+        out: Tensor = self.net(hidden)
         return out.view(*hidden.shape[:-1], self.config.hidden_size, self.config.num_injected)
 
     def num_parameters(self) -> int:
@@ -117,7 +117,7 @@ class IRM(nn.Module):
     def from_pretrained(
         cls,
         directory: str | Path,
-        host: object | None = None,
+        host: Host | None = None,
         *,
         check_host: bool = True,
         device: torch.device | str | None = None,

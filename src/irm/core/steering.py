@@ -72,7 +72,7 @@ class SteeringVector(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, host: Any | None = None, *, check_host: bool = True, device: torch.device | str | None = None
+        cls, directory: str | Path, host: Host | None = None, *, check_host: bool = True, device: torch.device | str | None = None
     ) -> SteeringVector:
         directory = Path(directory)
         config = IRMConfig.load(directory)
@@ -91,7 +91,7 @@ class SteeringVector(nn.Module):
         return cls(config, state["vectors"], device=device)
 
 
-def steering_config(host: Any, layers: Sequence[int], site: str, extra: dict[str, Any] | None = None) -> IRMConfig:
+def steering_config(host: Host, layers: Sequence[int], site: str, extra: dict[str, Any] | None = None) -> IRMConfig:
     """An IRM config whose input point is the first injection point (the vector ignores it)."""
     first = min(layers)
     return IRMConfig(
@@ -115,17 +115,18 @@ def recording(host: Host, layers: Sequence[int], site: str) -> Iterator[dict[int
 
 @torch.no_grad()
 def mean_answer_states(
-    host: Any, rows: Sequence[Row], layers: Sequence[int], site: str, *, max_length: int = 128, batch_size: int = 8
+    host: Host, rows: Sequence[Row], layers: Sequence[int], site: str, *, max_length: int = 128, batch_size: int = 8
 ) -> Tensor:
     """Mean hidden state ``(H, L)`` at ``site`` of ``layers`` over all answer tokens of
     ``rows`` (every token of a text-only row), formatted as in training."""
-    examples, _ = tokenize_rows(rows, host.tokenizer, max_length=max_length, loss_on="answer")
+    tokenizer = host.require_tokenizer()
+    examples, _ = tokenize_rows(rows, tokenizer, max_length=max_length, loss_on="answer")
     if not examples:
         raise IRMError("no row has an answer token to average over", hint="check the data, or raise --max-length")
     sums = torch.zeros(host.hidden_size, len(layers), dtype=torch.float64)
     count = 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], host.tokenizer.pad_token_id)
+        batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
         with recording(host, layers, site) as seen:
             host.model(input_ids=batch["input_ids"].to(host.device), attention_mask=batch["attention_mask"].to(host.device))
         keep = (batch["labels"] != IGNORE_INDEX).to(host.device)
@@ -136,7 +137,7 @@ def mean_answer_states(
 
 
 def fit_steering_vector(
-    host: Any,
+    host: Host,
     target_rows: Sequence[Row],
     neutral_rows: Sequence[Row],
     layers: str | Sequence[int],

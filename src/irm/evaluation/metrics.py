@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
 from irm.core.attach import attach, is_attached
 from irm.errors import IRMError
+
+if TYPE_CHECKING:
+    from irm.hosts.loading import Host
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -92,7 +95,7 @@ def bootstrap_ci(
 
 
 # ---------------------------------------------------------------- host-based metrics
-def _check_bare(host: Any) -> None:
+def _check_bare(host: Host) -> None:
     """Refuse a host with an IRM or steering vector attached."""
     if is_attached(host):
         raise IRMError(

@@ -17,14 +17,14 @@ def format_prompt(host: Host, prompt: str, *, chat: bool = True) -> str:
     """The prompt as the host expects it: its chat template when it has one (and ``chat``),
     else ``Question: ...\\nAnswer:`` (see :mod:`irm.data.prompts`, the one formatter
     shared with training)."""
-    return prompt_text(host.tokenizer, prompt, chat=chat)
+    return prompt_text(host.require_tokenizer(), prompt, chat=chat)
 
 
 def encode_prompts(host: Host, prompts: Sequence[str], *, chat: bool = True) -> BatchEncoding:
     """Tokenise a batch, left-padded so that every row ends at its last prompt token. Each
     row holds exactly the ids a training row's prompt part has for the same question
     (:func:`irm.data.prompts.prompt_ids`, BOS included once)."""
-    tok = host.tokenizer
+    tok = host.require_tokenizer()
     rows = [{"input_ids": prompt_ids(tok, p, chat=chat)} for p in prompts]
     previous = tok.padding_side
     tok.padding_side = "left"
@@ -32,7 +32,8 @@ def encode_prompts(host: Host, prompts: Sequence[str], *, chat: bool = True) -> 
         enc = tok.pad(rows, padding=True, return_tensors="pt", return_attention_mask=True)
     finally:
         tok.padding_side = previous
-    return enc.to(host.device)
+    encoded: BatchEncoding = enc.to(host.device)
+    return encoded
 
 
 @dataclass
@@ -58,14 +59,14 @@ def generate(
 ) -> list[Generation]:
     """Generate one continuation per prompt with whatever hooks are attached to ``host``."""
     results: list[Generation] = []
-    tok = host.tokenizer
+    tok = host.require_tokenizer()
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         enc = encode_prompts(host, chunk, chat=chat)
         if seed is not None:
             torch.manual_seed(seed + start)
         sampling: dict[str, Any] = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        out = host.model.generate(
+        out = host.model.generate(  # type: ignore[operator]
             **enc,
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.pad_token_id,
@@ -78,5 +79,5 @@ def generate(
             if tok.eos_token_id is not None and tok.eos_token_id in ids:
                 ids = ids[: ids.index(tok.eos_token_id)]
             ids = [i for i in ids if i != tok.pad_token_id]
-            results.append(Generation(prompt=prompt, text=tok.decode(ids, skip_special_tokens=True).strip(), token_ids=ids))
+            results.append(Generation(prompt=prompt, text=str(tok.decode(ids, skip_special_tokens=True)).strip(), token_ids=ids))
     return results

@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from irm.core.config import HostIdentity, IRMConfig
-from irm.core.sites import ArchitectureSpec, resolve_architecture
+from irm.core.sites import ArchitectureSpec, resolve_architecture, supported_model_types
 from irm.errors import HostError, IRMMismatchError
 from irm.hosts.tiny import TINY_CONFIGS, build_tiny, byte_tokenizer
 
@@ -47,12 +47,25 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass
 class Host:
-    """A frozen host: the transformers model, its tokenizer and where to hook it."""
+    """A frozen host: the transformers model, its tokenizer and where to hook it.
+
+    ``tokenizer`` is ``None`` for a model folder without tokenizer files: such a host
+    serves everything that needs no text (forward passes on token ids, importing a
+    reference checkpoint); what needs text calls :meth:`require_tokenizer`."""
 
     model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | None
     name: str
     spec: ArchitectureSpec
+
+    def require_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer, or a :class:`HostError` saying this host has none."""
+        if self.tokenizer is None:
+            raise HostError(
+                f"this host has no tokenizer: {self.name} holds a model but no tokenizer files, and this needs text",
+                hint="copy the tokenizer files (tokenizer.json, tokenizer_config.json ...) of the same model into the folder",
+            )
+        return self.tokenizer
 
     @property
     def hidden_size(self) -> int:
@@ -72,7 +85,7 @@ class Host:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
 
     @property
     def context_length(self) -> int | None:
@@ -102,7 +115,9 @@ def context_length(model: PreTrainedModel) -> int | None:
 
 
 def host_fingerprint(model: PreTrainedModel) -> str:
-    return embedding_fingerprint(model.get_input_embeddings().weight)
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    return embedding_fingerprint(weight)
 
 
 def embedding_fingerprint(weight: torch.Tensor) -> str:
@@ -165,10 +180,31 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return table[dtype]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
+DEVICE_HINT = "use --device auto, cpu, cuda or cuda:N (or mps on Apple silicon)"
+
+
+def resolve_device(device: str | torch.device | None, *, option: str = "--device") -> torch.device:
+    """The torch device for a ``--device`` value, checked before any work starts: an
+    unknown name (``gpu0``) or a device this machine lacks (``cuda`` without CUDA, ``cuda:3``
+    with two GPUs) is a :class:`HostError` naming ``option``."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise HostError(f"{option} {device!r} is not a device name", hint=DEVICE_HINT) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HostError(f"{option} {device!r}: CUDA is not available on this machine", hint="use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HostError(f"{option} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                            hint=f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise HostError(f"{option} {device!r}: MPS is not available on this machine", hint="use --device cpu (or auto)")
+    elif dev.type != "cpu":
+        raise HostError(f"{option} {device!r}: irm runs hosts on cpu, cuda or mps", hint=DEVICE_HINT)
+    return dev
 
 
 def load_host(
@@ -191,7 +227,7 @@ def load_host(
     model.eval()
     model.requires_grad_(False)
     spec = resolve_architecture(model)
-    if tokenizer.pad_token is None:
+    if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Host(model=model, tokenizer=tokenizer, name=name_or_path, spec=spec)
 
@@ -211,7 +247,7 @@ def _load_pretrained(name_or_path: str, dtype: torch.dtype, allow_download: bool
     source = str(path) if path.is_dir() else name_or_path
     local_only = not allow_download
     try:
-        AutoConfig.from_pretrained(source, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as exc:
         if "/" not in name_or_path:
             raise HostError(
@@ -223,15 +259,67 @@ def _load_pretrained(name_or_path: str, dtype: torch.dtype, allow_download: bool
             hint="download it on a machine with access (e.g. `hf download NAME --local-dir DIR`) and pass --host DIR, "
             "or allow downloading with --allow-download",
         ) from None
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    if path.is_dir():
+        _check_model_folder(path, config)
+    elif config.model_type not in supported_model_types():
+        raise _not_a_decoder(name_or_path, config)
+    tokenizer = _load_tokenizer(source, path if path.is_dir() else None, local_only)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise HostError(f"cannot load the model weights of host {name_or_path!r}: {_first_line(exc)}",
+                        hint="the folder's weights are damaged or incomplete; download the model again") from None
     return model, tokenizer
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return model.to(dtype), tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "spiece.model", "special_tokens_map.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _not_a_decoder(name: str, config: Any) -> HostError:
+    return HostError(
+        f"host {name!r} is a {config.model_type!r} model, not a decoder language model irm supports",
+        hint="irm supports decoder-only models of type " + ", ".join(supported_model_types()),
+    )
+
+
+def _check_model_folder(path: Path, config: Any) -> None:
+    """Refuse, before loading anything, a folder whose config is not a supported decoder
+    LM, or that holds a config but no weights."""
+    if getattr(config, "model_type", None) not in supported_model_types():
+        raise _not_a_decoder(str(path), config)
+    if not any(next(path.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS):
+        raise HostError(f"model folder {path} has a config.json but no weights (no *.safetensors or *.bin file)",
+                        hint="copy the model's weight files into the folder, or download the model again")
+
+
+def _load_tokenizer(source: str, folder: Path | None, local_only: bool) -> PreTrainedTokenizerBase | None:
+    """The folder's tokenizer; ``None`` for a model folder with no tokenizer files at all."""
+    if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise HostError(f"cannot load the tokenizer of host {source!r}: {_first_line(exc)}",
+                        hint="the tokenizer files are damaged; copy them again from the model") from None
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except HostError:
+        raise
+    except Exception as exc:  # the GGUF reader raises many kinds (ValueError, struct.error, KeyError ...)
+        raise HostError(f"{path} is not a readable GGUF model ({type(exc).__name__}: {_first_line(exc)})",
+                        hint="the file is damaged or not a GGUF of a supported decoder model; download it again") from None
+    return model.to(dtype), tokenizer  # type: ignore[arg-type]
 
 
 def smollm2_gguf_path() -> Path:
@@ -274,7 +362,7 @@ def convert_smollm2(target: Path) -> Path:
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
-        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
         tied = {k for k in missing if k == "lm_head.weight" and config.tie_word_embeddings}
         if set(missing) - tied or unexpected:

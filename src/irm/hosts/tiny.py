@@ -7,6 +7,7 @@ files at all. Weights are drawn from a fixed seed: the same name gives the same 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -18,6 +19,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
@@ -36,10 +38,11 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=core,  # type: ignore[no-untyped-call]
+                                    pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def _common() -> dict:
+def _common() -> dict[str, Any]:
     return dict(vocab_size=BYTE_VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 
 
@@ -75,10 +78,11 @@ TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
 }
 
 
-def build_tiny(name: str, dtype: torch.dtype = torch.float32, seed: int = TINY_SEED, config: PretrainedConfig | None = None):
+def build_tiny(name: str, dtype: torch.dtype = torch.float32, seed: int = TINY_SEED, config: PretrainedConfig | None = None) -> PreTrainedModel:
     """Build a random-weight model for a ``tiny-random-*`` name (or an explicit config)."""
     config = config if config is not None else TINY_CONFIGS[name]()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+    assert isinstance(model, PreTrainedModel)
     return model

@@ -348,11 +348,7 @@ def _tokenize(config: TrainConfig, host: Host, splits: dict[str, list[Row]]) -> 
 
 
 def _build_irm(config: TrainConfig, host: Host) -> IRM:
-    irm = IRM.for_host(
-        host, config.layers, site=config.site, input_layer=config.input_layer, input_site=config.input_site,
-        depth=config.depth, width_multiplier=config.width_multiplier, rank=config.rank,
-        output_init=config.output_init, seed=config.seed,
-    )
+    irm = IRM.for_host(host, config.layers, config.irm_spec(), seed=config.seed)
     irm.config.extra["data"] = config.data  # tells `irm evaluate` the target emotion
     return irm
 
@@ -522,10 +518,11 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
     with _quiet_lightning():
         pl.seed_everything(config.seed, workers=True, verbose=False)
         host = load_host(config.host, dtype=config.host_dtype, device="cpu")
+        tokenizer = host.require_tokenizer()  # training needs text: refuse a model-only folder before any work
         examples, reports = _tokenize(config, host, inputs.splits)
         irm = _build_irm(config, host)
         run = _write_run_dir(inputs, resumed=resume is not None, overwrite=overwrite, state=state)
-        module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], host.tokenizer.pad_token_id)
+        module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], tokenizer.pad_token_id)
         trainer, meter = _build_trainer(config, run, examples, resumed=inputs.checkpoint is not None, progress=progress)
         elapsed, test_loss = _fit_and_test(trainer, module, inputs, bool(examples["test"]))
     summary = _summary(config, run, irm, trainer, module, meter, inputs.splits, examples, reports, elapsed, test_loss)
