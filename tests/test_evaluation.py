@@ -376,3 +376,24 @@ def test_write_report_is_atomic_a_failed_write_leaves_the_old_report(tmp_path, m
     with pytest.raises(irm.IRMError):
         write_report(changed, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # the old files, and no temporary file
+
+
+def test_write_report_on_a_really_full_disk_leaves_the_old_report(tmp_path):
+    import os
+    import shutil as sh
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs root and a tmpfs mount")
+    try:
+        paths = write_report(_small_report(), mount)
+        old = {p.name: p.read_bytes() for p in paths.values()}
+        with open(mount / "filler", "wb") as fh:  # leave a few bytes free: less than a new report needs
+            fh.write(b"\0" * max(sh.disk_usage(mount).free - 2048, 0))
+        with pytest.raises(irm.IRMError) as error:
+            write_report(_small_report(), mount)
+        assert "space" in str(error.value).lower()
+        assert {p.name: p.read_bytes() for p in mount.iterdir() if p.name != "filler"} == old  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

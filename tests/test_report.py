@@ -189,3 +189,15 @@ def test_cli_report_rewrites_its_own_default_page(tmp_path):
         assert again.returncode == 0, again.stderr
         assert "tiny-random-llama" in (run / "report.html").read_text()
         (run / "report.html").write_text("an older page")
+
+
+def test_sweep_page_links_each_run_page(tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(LEGACY_RUN, sweep / "runs" / "a")
+    (sweep / "runs" / "b").mkdir()  # a run that has not started yet
+    (sweep / "sweep.yaml").write_text("base: {host: tiny-random-llama}\n")
+    page = build_report(sweep)
+    text = page.read_text()
+    assert page == sweep / "report.html" and (sweep / "runs" / "a" / "report.html").is_file()
+    assert '<a href="runs/a/report.html">a</a>' in text and "unfinished" in _cells(text)
+    assert "<h2>Sweep file</h2>" in text and "tiny-random-llama" in text

@@ -77,7 +77,13 @@ def evaluate(
     """
     from irm.core.adapters import load_adapter
     from irm.data.rows import read_prompts
-    from irm.evaluation.evaluate import METRIC_GROUPS, METRICS, check_report_dir, resolve_emotion, write_report
+    from irm.evaluation.evaluate import (
+        METRIC_GROUPS,
+        METRICS,
+        check_report_dir,
+        resolve_emotion,
+        write_report,
+    )
     from irm.evaluation.evaluate import evaluate as run_evaluate
     from irm.hosts.loading import load_host
 

@@ -316,7 +316,7 @@ def folder_section(directory: Path, title: str) -> Section | None:
     if not directory.is_dir():
         return None
     section = Section(title)
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted(directory.glob("*.json"), key=lambda p: (p.stem not in ("summary", "report"), p.name)):  # the main file first
         data = _read_json(path)
         if data is None:
             section.blocks.append(Block("note", text=f"{path.name}: unreadable JSON"))
