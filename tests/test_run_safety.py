@@ -108,7 +108,7 @@ def test_h1_overwrite_refuses_folders_that_are_not_irm_runs_and_deletes_nothing(
     for name, (args, cwd, _) in cases.items():  # at the same time: each is refused before any slow work
         args = [str(home) if a == "~" else a for a in args]
         procs[name] = subprocess.Popen([IRM_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       cwd=cwd, env=_env(HOME=str(home)))
+                                       cwd=cwd, env=_env(HOME=str(home), MPLCONFIGDIR=str(tmp_path / "mpl"), XDG_CACHE_HOME=str(tmp_path / "xdg")))
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=300)
         _refused((proc.returncode, err), *cases[name][2])

@@ -319,3 +319,21 @@ def test_the_loss_imports_without_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_training_leaves_the_callers_warning_filters_and_log_level_alone(tmp_path):
+    import logging
+    import warnings
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.setLevel(logging.DEBUG)
+    before = list(warnings.filters)
+    try:
+        data = write_qa(tmp_path / "qa.jsonl", n=24)
+        config = TrainConfig(host="tiny-random-llama", data=str(data), out=str(tmp_path / "run"), batch_size=4, max_steps=2, max_length=64)
+        result = train(config, progress=False)
+        assert result.summary["global_step"] == 2
+        assert warnings.filters == before
+        assert logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(logging.NOTSET)
