@@ -23,9 +23,19 @@ FUZZ = settings(max_examples=4, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 WEIRD = ["", " ", "nan", "inf", "-inf", "-1", "0", "1", "1e308", "-0", "x", "0.5", "\udcff", "../..", "2,3", "0-99999999999", "all"]
-number = st.one_of(st.sampled_from(WEIRD), st.integers(-3, 4).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr))
-small = st.one_of(st.sampled_from(["-1", "0", "1", "2", "x", "nan", "1.5", "99999999999999999999"]), st.integers(-2, 3).map(str))
-text = st.one_of(st.sampled_from(WEIRD), st.text(max_size=30))
+
+
+
+def mostly(valid: list[str], other: st.SearchStrategy) -> st.SearchStrategy:
+    """Valid values about half the time (so that commands get past their first check), else ``other``."""
+    return st.one_of(st.sampled_from(valid), other)
+
+
+number = mostly(["1", "0.5", "0.7", "2"], st.one_of(st.sampled_from(WEIRD), st.integers(-3, 4).map(str),
+                                                   st.floats(allow_nan=True, allow_infinity=True).map(repr)))
+small = mostly(["1", "2", "3"], st.one_of(st.sampled_from(["-1", "0", "x", "nan", "1.5", "99999999999999999999"]),
+                                          st.integers(-2, 3).map(str)))
+text = mostly(["How do plants grow?", "hello there"], st.one_of(st.sampled_from(WEIRD), st.text(max_size=30)))
 
 
 def _cell(value: object) -> str:
@@ -42,10 +52,16 @@ columns = st.lists(st.sampled_from(["question", "answer", "text", "prompt", "que
 @st.composite
 def data_file(draw) -> tuple[str, bytes]:
     """A file name and contents: CSV or JSONL rows with random columns and values, or bytes."""
-    suffix = draw(st.sampled_from([".csv", ".jsonl", ".parquet", ".txt", ".json"]))
-    kind = draw(st.sampled_from(["rows", "rows", "bytes"]))
+    suffix = draw(st.sampled_from([".csv", ".jsonl", ".csv", ".jsonl", ".parquet", ".txt", ".json"]))
+    kind = draw(st.sampled_from(["good", "rows", "rows", "bytes"]))
     if kind == "bytes":
         return "f" + suffix, draw(st.binary(max_size=120))
+    if kind == "good":
+        n = draw(st.integers(1, 8))
+        rows = [{"question": f"question {i}?", "answer": f"an answer number {i}", "source_answer": f"plain answer {i}"} for i in range(n)]
+        if suffix in (".jsonl", ".json"):
+            return "f" + suffix, "\n".join(json.dumps(r) for r in rows).encode()
+        return "f" + suffix, ("question,answer,source_answer\n" + "\n".join(",".join(r.values()) for r in rows)).encode()
     cols = draw(columns)
     rows = draw(st.lists(st.lists(st.one_of(text, json_value), min_size=len(cols), max_size=len(cols)), max_size=5))
     if suffix == ".jsonl" or suffix == ".json":
