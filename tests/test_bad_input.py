@@ -998,3 +998,39 @@ def test_the_prompts_set_is_listed_and_checked(monkeypatch, capsys):
     assert any("prompts only" in w for w in report["warnings"])
     code, out, err = run_main(["data", "check", "builtin:prompts", "--host", TINY, "--json"], monkeypatch, capsys)
     assert code == 0 and json.loads(out)["token_lengths"]["max"] > 0, out + err
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_up_on_the_next_start(tmp_path, monkeypatch, capsys):
+    """kill -9 leaves temporary files (and a half-built folder beside --out): the next
+    record, analyze and steer fit start anyway, and leave none of them behind."""
+    out = tmp_path / "rec"
+    out.mkdir()
+    (out / ".outputs.safetensors.k1ll.tmp").write_bytes(b"half")
+    (out / ".meta.json.k1ll.tmp").write_bytes(b"{")
+    (tmp_path / ".rec.new-k1ll").mkdir()
+    (tmp_path / ".rec.new-k1ll" / "tokens.jsonl").write_text('{"prompt"')
+    args = ["record", "--irm", make_irm_dir(tmp_path / "irm"), "--limit", "1", "--max-new-tokens", "2", "--out", out]
+    code, stdout, err = run_main(args, monkeypatch, capsys)
+    assert code == 0, stdout + err
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "outputs.safetensors", "prompts.jsonl", "tokens.jsonl"]
+    assert not (tmp_path / ".rec.new-k1ll").exists()
+    # an interrupted recording (no meta.json) is irm's own: --overwrite replaces it
+    (out / "meta.json").unlink()
+    code, stdout, err = run_main([*args, "--overwrite"], monkeypatch, capsys)
+    assert code == 0 and (out / "meta.json").is_file(), stdout + err
+
+    (tmp_path / "an").mkdir()
+    (tmp_path / ".an.new-k1ll").mkdir()
+    code, stdout, err = run_main(["analyze", out, "--no-host-outliers", "--frames", "1", "--token-plots", "1", "--out", tmp_path / "an"],
+                                 monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "an" / "summary.json").is_file(), stdout + err
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    assert all(Path(f).is_file() and Path(f).parent == tmp_path / "an" for f in summary["files"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    steer = tmp_path / "steer"
+    steer.mkdir()
+    (steer / ".model.safetensors.k1ll.tmp").write_bytes(b"half")
+    code, stdout, err = run_main(_steer(steer), monkeypatch, capsys)
+    assert code == 0, stdout + err
+    assert sorted(p.name for p in steer.iterdir()) == ["irm_config.json", "model.safetensors"]

@@ -23,7 +23,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from irm.core.config import CONFIG_NAME, IRMConfig
-from irm.core.io import atomic_write
+from irm.core.io import atomic_write_all
 from irm.core.layers import parse_layers
 from irm.core.network import WEIGHTS_NAME
 from irm.data.rows import IGNORE_INDEX, Row, collate, tokenize_rows
@@ -59,8 +59,10 @@ class SteeringVector(nn.Module):
         with writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
         state = {"vectors": self.vectors.detach().contiguous().cpu()}
-        atomic_write(directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"}))
-        atomic_write(directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8"))
+        # both files are complete on disk before either replaces an older one (a full disk
+        # never leaves new weights beside an old config)
+        atomic_write_all([(directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"})),
+                          (directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8"))])
         return directory
 
     @classmethod
