@@ -998,6 +998,8 @@ def test_the_prompts_set_is_listed_and_checked(monkeypatch, capsys):
     assert any("prompts only" in w for w in report["warnings"])
     code, out, err = run_main(["data", "check", "builtin:prompts", "--host", TINY, "--json"], monkeypatch, capsys)
     assert code == 0 and json.loads(out)["token_lengths"]["max"] > 0, out + err
+    code, out, err = run_main(["score", "builtin:prompts", "--json"], monkeypatch, capsys)
+    assert code == 0 and len(json.loads(out)) == rows["builtin:prompts"], out + err
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_up_on_the_next_start(tmp_path, monkeypatch, capsys):
