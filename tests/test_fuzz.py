@@ -35,6 +35,7 @@ number = mostly(["1", "0.5", "0.7", "2"], st.one_of(st.sampled_from(WEIRD), st.i
                                                    st.floats(allow_nan=True, allow_infinity=True).map(repr)))
 small = mostly(["1", "2", "3"], st.one_of(st.sampled_from(["-1", "0", "x", "nan", "1.5", "99999999999999999999"]),
                                           st.integers(-2, 3).map(str)))
+length = mostly(["64", "128"], small)  # --max-length needs >= 2
 text = mostly(["How do plants grow?", "hello there"], st.one_of(st.sampled_from(WEIRD), st.text(max_size=30)))
 
 
@@ -109,7 +110,7 @@ def test_fuzz_score(monkeypatch, capsys, texts, spec, use_file):
 
 
 @settings(FUZZ, max_examples=12)
-@given(spec=data_file(), max_length=small, with_host=st.booleans())
+@given(spec=data_file(), max_length=length, with_host=st.booleans())
 def test_fuzz_data_check(monkeypatch, capsys, spec, max_length, with_host):
     with tempfile.TemporaryDirectory() as tmp:
         args = ["data", "check", _write(Path(tmp), spec), "--max-length", max_length, *(["--host", TINY] if with_host else [])]
@@ -147,7 +148,7 @@ def test_fuzz_analyze(shared, monkeypatch, capsys, target, offset, junk, truncat
 
 @FUZZ
 @given(spec=data_file(), layers=number, site=st.sampled_from(["resid_mid", "resid_pre", "resid_post", "x"]), rows=small,
-       length=small, paired=st.booleans())
+       length=length, paired=st.booleans())
 def test_fuzz_steer_fit(shared, monkeypatch, capsys, spec, layers, site, rows, length, paired):
     with tempfile.TemporaryDirectory() as tmp:
         target = _write(Path(tmp), spec)
