@@ -913,3 +913,126 @@ def test_a_real_full_disk_is_exit_2_and_keeps_the_old_files(command, small_disk,
         after = {k: v for k, v in after.items() if ".partial" not in k}
     assert after == with_filler, "the old files changed, or a partial file was left"
     assert {k: v for k, v in after.items() if k != "filler"} == before
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _damage(tmp: Path, how: str) -> Path:
+    rec = _recording(tmp)
+    meta = json.loads((rec / "meta.json").read_text())
+    if how == "meta-no-host":
+        del meta["host"]
+        (rec / "meta.json").write_text(json.dumps(meta))
+    elif how == "meta-not-json":
+        (rec / "meta.json").write_text("{not json")
+    elif how == "tokens-broken":
+        lines = (rec / "tokens.jsonl").read_text().splitlines()
+        (rec / "tokens.jsonl").write_text("\n".join(lines[:2] + ['{"prompt": 0, "posit'] + lines[3:]) + "\n")
+    elif how == "outputs-truncated":
+        data = (rec / "outputs.safetensors").read_bytes()
+        (rec / "outputs.safetensors").write_bytes(data[: len(data) - 100])
+    elif how == "outputs-oversized":
+        with open(rec / "outputs.safetensors", "ab") as fh:
+            fh.write(b"\0" * 64)
+    elif how == "outputs-garbage":
+        (rec / "outputs.safetensors").write_bytes(b"\xff" * 12)
+    return rec
+
+
+DAMAGED = {"meta-no-host": ["meta.json", "does not name the host"], "meta-not-json": ["meta.json", "not valid json"],
+           "tokens-broken": ["tokens.jsonl", "line 3", "not valid json"], "outputs-truncated": ["outputs.safetensors", "truncated"],
+           "outputs-oversized": ["outputs.safetensors", "oversized"], "outputs-garbage": ["outputs.safetensors", "truncated"]}
+
+INPUT_CASES = [
+    Case("generate-negative-temperature", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--temperature", "-1"],
+         ["--temperature -1", "must be a number >= 0"], real_process=True),
+    Case("generate-nan-temperature", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--temperature", "nan"],
+         ["--temperature nan", "must be a number >= 0"]),
+    Case("generate-nan-top-p", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--top-p", "nan"],
+         ["--top-p nan", "above 0 and at most 1"]),
+    Case("generate-negative-top-p", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--top-p", "-0.5"],
+         ["--top-p -0.5"]),
+    Case("generate-lone-surrogate", lambda t, m: ["generate", "--host", TINY, "-p", "ok", "-p", "bad \udcff byte"],
+         ["--prompt 2 is not valid text", "lone surrogate"]),
+    Case("generate-lone-surrogate-process", lambda t, m: ["generate", "--host", TINY, "-p", os.fsdecode(b"caf\xe9")],
+         ["--prompt 1 is not valid text"], real_process=True),
+    Case("generate-empty-prompt", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "-p", "  "],
+         ["--prompt 2 is empty (only whitespace)"]),
+    Case("score-lone-surrogate", lambda t, m: ["score", "fine", "bad \udcff"], ["text 2 is not valid text"]),
+    Case("score-several-files", lambda t, m: ["score", GOOD(t), write_qa(t / "b.csv")], ["looks like a data file", "one file at a time"]),
+    Case("check-json-object-in-text", lambda t, m: ["data", "check", _file("o.jsonl", '{"question": "a?", "answer": "b"}\n'
+                                                                        '{"question": {"en": "c?"}, "answer": "d"}\n')(t)],
+         ["o.jsonl", "line 2", "column 'question' holds a json object, not text"]),
+    Case("train-list-in-text", lambda t, m: train_args(_file("l.jsonl", '{"text": ["a", "b"]}\n')(t), t / "run"),
+         ["l.jsonl", "line 1", "column 'text' holds a list"], absent=["run"]),
+    Case("check-lone-surrogate-escape", lambda t, m: ["data", "check", _file("s.jsonl", '{"text": "ok"}\n{"text": "bad \\ud800"}\n')(t)],
+         ["s.jsonl", "line 2", "lone surrogate"]),
+    *[Case(f"analyze-{how}", lambda t, m, how=how: ["analyze", _damage(t, how), "--no-host-outliers", "--out", t / "an"],
+           expect, absent=["an"]) for how, expect in DAMAGED.items()],
+]
+
+
+@pytest.mark.parametrize("case", INPUT_CASES, ids=[c.id for c in INPUT_CASES])
+def test_bad_inputs_are_refused(case: Case, tmp_path, monkeypatch, capsys):
+    test_bad_input_is_refused_cleanly(case, tmp_path, monkeypatch, capsys)
+
+
+def test_temperature_zero_means_greedy(monkeypatch, capsys):
+    args = ["generate", "--host", TINY, "-p", "hello", "--max-new-tokens", "6", "--json"]
+    code, greedy, err = run_main(args, monkeypatch, capsys)
+    assert code == 0, err
+    code, zero, err = run_main([*args, "--sample", "--temperature", "0", "--seed", "5"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(zero) == json.loads(greedy)
+
+
+def test_the_prompts_set_is_listed_and_checked(monkeypatch, capsys):
+    code, out, err = run_main(["data", "list", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    rows = {r["name"]: r["rows"] for r in json.loads(out)}
+    assert rows["builtin:prompts"] >= 100
+    code, out, err = run_main(["data", "check", "builtin:prompts", "--json"], monkeypatch, capsys)
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["rows"] == rows["builtin:prompts"], out + err
+    assert any("prompts only" in w for w in report["warnings"])
+    code, out, err = run_main(["data", "check", "builtin:prompts", "--host", TINY, "--json"], monkeypatch, capsys)
+    assert code == 0 and json.loads(out)["token_lengths"]["max"] > 0, out + err
+    code, out, err = run_main(["score", "builtin:prompts", "--json"], monkeypatch, capsys)
+    assert code == 0 and len(json.loads(out)) == rows["builtin:prompts"], out + err
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_up_on_the_next_start(tmp_path, monkeypatch, capsys):
+    """kill -9 leaves temporary files (and a half-built folder beside --out): the next
+    record, analyze and steer fit start anyway, and leave none of them behind."""
+    out = tmp_path / "rec"
+    out.mkdir()
+    (out / ".outputs.safetensors.k1ll.tmp").write_bytes(b"half")
+    (out / ".meta.json.k1ll.tmp").write_bytes(b"{")
+    (tmp_path / ".rec.new-k1ll").mkdir()
+    (tmp_path / ".rec.new-k1ll" / "tokens.jsonl").write_text('{"prompt"')
+    args = ["record", "--irm", make_irm_dir(tmp_path / "irm"), "--limit", "1", "--max-new-tokens", "2", "--out", out]
+    code, stdout, err = run_main(args, monkeypatch, capsys)
+    assert code == 0, stdout + err
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "outputs.safetensors", "prompts.jsonl", "tokens.jsonl"]
+    assert not (tmp_path / ".rec.new-k1ll").exists()
+    # an interrupted recording (no meta.json) is irm's own: --overwrite replaces it
+    (out / "meta.json").unlink()
+    code, stdout, err = run_main([*args, "--overwrite"], monkeypatch, capsys)
+    assert code == 0 and (out / "meta.json").is_file(), stdout + err
+
+    (tmp_path / "an").mkdir()
+    (tmp_path / ".an.new-k1ll").mkdir()
+    code, stdout, err = run_main(["analyze", out, "--no-host-outliers", "--frames", "1", "--token-plots", "1", "--out", tmp_path / "an"],
+                                 monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "an" / "summary.json").is_file(), stdout + err
+    summary = json.loads((tmp_path / "an" / "summary.json").read_text())
+    assert all(Path(f).is_file() and Path(f).parent == tmp_path / "an" for f in summary["files"])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    steer = tmp_path / "steer"
+    steer.mkdir()
+    (steer / ".model.safetensors.k1ll.tmp").write_bytes(b"half")
+    code, stdout, err = run_main(_steer(steer), monkeypatch, capsys)
+    assert code == 0, stdout + err
+    assert sorted(p.name for p in steer.iterdir()) == ["irm_config.json", "model.safetensors"]

@@ -137,7 +137,7 @@ def score(
     """Score texts with the validated offline emotion scorer (anger, sadness, joy, neutral,
     plus Plutchik's eight emotions and VADER valence)."""
     from irm.cli.generate import check_texts
-    from irm.data.rows import FORMATS, read_rows
+    from irm.data.rows import FORMATS, read_texts
     from irm.evaluation.scoring import EmotionScorer
 
     texts = inputs
@@ -149,7 +149,7 @@ def score(
     first = inputs[0] if len(inputs) == 1 else ""
     looks_like_file = bool(first) and Path(first).suffix.lower() in FORMATS and not any(c.isspace() for c in first)
     if first.startswith("builtin:") or (looks_like_file and Path(first).exists()):
-        texts = [r.answer or r.text or "" for r in read_rows(first)]
+        texts = read_texts(first)
     elif looks_like_file:
         raise IRMError(
             f"{first}: file not found",

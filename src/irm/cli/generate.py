@@ -40,7 +40,7 @@ def generate(
 
     check_strength(strength)
     check_texts(prompt, "--prompt")
-    greedy = greedy or check_sampling(temperature, top_p)
+    greedy = check_sampling(temperature, top_p) or greedy  # checked even when greedy
     use_irm = irm.lower() != "none"
     if compare and not use_irm:
         raise IRMError("--compare needs an IRM to compare against", hint="pass --irm DIR")

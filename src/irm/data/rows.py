@@ -249,13 +249,19 @@ def is_prompts_file(columns: Iterable[str]) -> bool:
     return "answer" not in present and "text" not in present and prompt_column(present) is not None
 
 
-def count_rows(source: str | Path) -> int:
-    """Rows of a data file: training rows, or prompts for a file of prompts only."""
+def read_texts(source: str | Path) -> list[str]:
+    """The texts of a data file: its answers (or text column), or its prompts for a file of
+    prompts only (``builtin:prompts``)."""
     path = resolve_data_path(source)
     records, _ = _records(path)
     if is_prompts_file({k for r in records for k in r if k != "__line__"}):
-        return len(read_prompts(path))
-    return len(read_rows(path))
+        return read_prompts(path)
+    return [r.answer or r.text or "" for r in read_rows(path)]
+
+
+def count_rows(source: str | Path) -> int:
+    """Rows of a data file: training rows, or prompts for a file of prompts only."""
+    return len(read_texts(source))
 
 
 def _text(value: Any) -> str:
