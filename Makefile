@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.irm-installed
 
-.PHONY: setup demo test test-fast bench clean browser
+.PHONY: setup demo test test-fast lint bench clean browser
 
 setup: $(STAMP)
 
@@ -27,7 +27,13 @@ demo: setup
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the report browser test will be skipped"
 
-test: setup browser
+# Lint, format and type checks first (seconds), then the whole suite.
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+test: setup browser lint
 	$(PY) -m pytest -q
 
 test-fast: setup

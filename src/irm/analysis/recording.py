@@ -157,7 +157,7 @@ def record(
     if strength == 0:
         raise IRMError("strength 0 detaches the IRM, so there is nothing to record", hint="use a non-zero --strength")
     recorder = Recorder(dtype)
-    tok = host.tokenizer
+    tok = host.require_tokenizer()
     rows: list[Tensor] = []
     tokens: list[TokenRecord] = []
     texts: list[str] = []

@@ -115,7 +115,7 @@ def prompt_ids(host: Any, prompts: Sequence[str], *, chat: bool = True) -> list[
 def _right_padded(host: Any, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """Right padding: every row starts at position 0, as when it is run alone."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), host.tokenizer.pad_token_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), host.require_tokenizer().pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)

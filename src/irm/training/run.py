@@ -330,7 +330,7 @@ def _tokenize(config: TrainConfig, host: Host, splits: dict[str, list[Row]]) -> 
     examples, reports = {}, {}
     for split in SPLITS:
         examples[split], reports[split] = tokenize_rows(
-            splits[split], host.tokenizer, max_length=config.max_length, loss_on=config.loss_on, chat=config.chat
+            splits[split], host.require_tokenizer(), max_length=config.max_length, loss_on=config.loss_on, chat=config.chat
         )
     _check_examples(config, host, examples, reports)
     if not _is_launcher_child():
