@@ -120,16 +120,22 @@ def _tiny_bench_host() -> irm.Host:
 
     from irm.hosts.tiny import build_tiny, byte_tokenizer
 
-    config = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=32000, max_position_embeddings=512)
+    config = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        max_position_embeddings=512,
+    )
     model = build_tiny("bench", config=config).eval().requires_grad_(False)
     return irm.Host(model=model, tokenizer=byte_tokenizer(), name="tiny-llama-256x4", spec=irm.resolve_architecture(model))
 
 
-def _irm_step(host: irm.Host, net: irm.IRM, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-              autocast: Any = None) -> None:
+def _irm_step(host: irm.Host, net: irm.IRM, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], autocast: Any = None) -> None:
     """One optimizer step of the IRM on ``batch`` (loss on every labelled token)."""
-    with irm.attach(host, net), (autocast or contextlib.nullcontext()):
+    with irm.attach(host, net), autocast or contextlib.nullcontext():
         nll, count = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     (nll / count).backward()
     opt.step()
@@ -156,9 +162,15 @@ def bench_training_tiny(steps: int) -> dict:
     ids = torch.randint(3, 32000, (8, 128), generator=gen)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     seconds, real = _train_steps(host, [batch], steps)
-    return {"host": host.name, "batch": "8 x 128", "steps": steps, "seconds_per_step": seconds / steps,
-            "real_tokens_per_second": real / seconds, "published_tokens_per_second": [1630, 1740],
-            "ratio_vs_published_low": (real / seconds) / 1630}
+    return {
+        "host": host.name,
+        "batch": "8 x 128",
+        "steps": steps,
+        "seconds_per_step": seconds / steps,
+        "real_tokens_per_second": real / seconds,
+        "published_tokens_per_second": [1630, 1740],
+        "ratio_vs_published_low": (real / seconds) / 1630,
+    }
 
 
 def bench_compile(steps: int) -> dict:
@@ -184,8 +196,14 @@ def bench_compile(steps: int) -> dict:
         step(name)()
         first[name] = time.perf_counter() - start
     times = interleaved({name: step(name) for name in setups}, steps)
-    out = {name: {"seconds_per_step": statistics.median(t), "real_tokens_per_second": ids.numel() / statistics.median(t),
-                  "first_step_seconds": first[name]} for name, t in times.items()}
+    out = {
+        name: {
+            "seconds_per_step": statistics.median(t),
+            "real_tokens_per_second": ids.numel() / statistics.median(t),
+            "first_step_seconds": first[name],
+        }
+        for name, t in times.items()
+    }
     out["speedup"] = out["compiled"]["real_tokens_per_second"] / out["eager"]["real_tokens_per_second"]
     return out
 
@@ -219,8 +237,13 @@ def bench_training_smollm2(steps: int) -> dict:
         results[name] = {"real_tokens_per_second": real / seconds, "seconds_per_step": seconds / steps}
     lengths = [len(e.input_ids) for e in examples]
     return {
-        "host": "smollm2-135m-instruct", "steps": steps, "rows": len(examples), "truncated": report.truncated,
-        "mean_length": statistics.mean(lengths), "max_length": 128, **results,
+        "host": "smollm2-135m-instruct",
+        "steps": steps,
+        "rows": len(examples),
+        "truncated": report.truncated,
+        "mean_length": statistics.mean(lengths),
+        "max_length": 128,
+        **results,
         "speedup": results["pad_to_longest_grouped"]["real_tokens_per_second"] / results["pad_to_max_length"]["real_tokens_per_second"],
     }
 
@@ -228,16 +251,39 @@ def bench_training_smollm2(steps: int) -> dict:
 # ---------------------------------------------------------------------------- large hosts
 # Llama-2-7B's shape (random weights: the speed of a forward pass does not depend on them).
 LARGE_SHAPES = {
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+    "7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    ),
     # the same code path in seconds on a CPU, for the test suite
-    "tiny": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=4, vocab_size=1000, max_position_embeddings=1024),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=1000,
+        max_position_embeddings=1024,
+    ),
 }
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched against the
 # device name in this order; --peak-tflops overrides.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("B200", 2250.0),
-                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0)]
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+]
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -289,8 +335,13 @@ def _large_training(host: irm.Host, net: irm.IRM, seq: int, batch: int, steps: i
     flops_per_token = training_flops(host.model.config, net.config, context=(seq + 1) // 2)  # causal: seq/2 keys on average
     achieved = tokens_per_second * flops_per_token
     return {
-        "seq": seq, "batch": batch, "steps": steps, "seconds_per_step": seconds / steps, "tokens_per_second": tokens_per_second,
-        "flops_per_token": flops_per_token, "achieved_tflops": achieved / 1e12,
+        "seq": seq,
+        "batch": batch,
+        "steps": steps,
+        "seconds_per_step": seconds / steps,
+        "tokens_per_second": tokens_per_second,
+        "flops_per_token": flops_per_token,
+        "achieved_tflops": achieved / 1e12,
         "mfu": achieved / (peak * 1e12) if peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
@@ -303,8 +354,9 @@ def _large_generation(host: irm.Host, nets: dict[str, irm.IRM], batch: int, prom
 
     def gen() -> None:
         with torch.no_grad():
-            host.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                do_sample=False, pad_token_id=0)
+            host.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+            )
         _sync(device)
 
     handles = {name: irm.attach(host, net) for name, net in nets.items()}
@@ -320,6 +372,7 @@ def _large_generation(host: irm.Host, nets: dict[str, irm.IRM], batch: int, prom
             finally:
                 if name is not None:
                     handles[name].disable()
+
         return run
 
     fns: dict[str, Callable[[], object]] = {"bare": gen, "irm_off": switched(None)}
@@ -330,22 +383,44 @@ def _large_generation(host: irm.Host, nets: dict[str, irm.IRM], batch: int, prom
         for h in handles.values():
             h.remove()
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"batch": batch, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "reps": reps,
-            "tokens_per_second": {k: batch * new_tokens / v for k, v in med.items()},
-            "ratio_vs_bare": {k: v / med["bare"] for k, v in med.items()}}
+    return {
+        "batch": batch,
+        "prompt_tokens": prompt_len,
+        "new_tokens": new_tokens,
+        "reps": reps,
+        "tokens_per_second": {k: batch * new_tokens / v for k, v in med.items()},
+        "ratio_vs_bare": {k: v / med["bare"] for k, v in med.items()},
+    }
 
 
-def bench_large(shape: str, device: torch.device, *, seqs: tuple[int, ...], train_batch: int, steps: int,
-                gen_batches: tuple[int, ...], new_tokens: int, reps: int, rank: int, peak: float | None) -> dict:
+def bench_large(
+    shape: str,
+    device: torch.device,
+    *,
+    seqs: tuple[int, ...],
+    train_batch: int,
+    steps: int,
+    gen_batches: tuple[int, ...],
+    new_tokens: int,
+    reps: int,
+    rank: int,
+    peak: float | None,
+) -> dict:
     """A Llama-2-7B-shaped host in bf16 (fp32 on a CPU) with the paper IRM on all layers and a
     low-rank IRM: training tokens/s, peak memory and MFU per sequence length; generation
     tokens/s with the IRM off and on per batch size."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     host = _large_host(shape, device, dtype)
-    out: dict = {"shape": shape, "host_config": LARGE_SHAPES[shape], "host_dtype": str(dtype).replace("torch.", ""),
-                 "irm_dtype": "float32 (bf16 autocast)" if dtype == torch.bfloat16 else "float32",
-                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "peak_tflops": peak, "training": {}, "generation": {}}
+    out: dict = {
+        "shape": shape,
+        "host_config": LARGE_SHAPES[shape],
+        "host_dtype": str(dtype).replace("torch.", ""),
+        "irm_dtype": "float32 (bf16 autocast)" if dtype == torch.bfloat16 else "float32",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "peak_tflops": peak,
+        "training": {},
+        "generation": {},
+    }
     variants = {"paper": None, f"lowrank_r{rank}": rank}
     nets: dict[str, irm.IRM] = {}
     for name, r in variants.items():
@@ -381,23 +456,43 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "training_tiny" in results:
         t = results["training_tiny"]
-        lines += ["## Training, tiny Llama 256x4, batch 8x128", "", f"{t['real_tokens_per_second']:.0f} real tokens/s "
-                  f"({t['seconds_per_step']:.3f} s/step); published: 1630-1740 tokens/s; ratio {t['ratio_vs_published_low']:.2f}x", ""]
+        lines += [
+            "## Training, tiny Llama 256x4, batch 8x128",
+            "",
+            f"{t['real_tokens_per_second']:.0f} real tokens/s "
+            f"({t['seconds_per_step']:.3f} s/step); published: 1630-1740 tokens/s; ratio {t['ratio_vs_published_low']:.2f}x",
+            "",
+        ]
     if "training_smollm2" in results:
         s = results["training_smollm2"]
-        lines += ["## Training, SmolLM2 on chatterbot Q/A (variable length)", "", "| batching | real tokens/s |", "|---|---|",
-                  f"| pad every batch to 128 (published) | {s['pad_to_max_length']['real_tokens_per_second']:.0f} |",
-                  f"| pad to longest, length-grouped (irm) | {s['pad_to_longest_grouped']['real_tokens_per_second']:.0f} |",
-                  "", f"speed-up {s['speedup']:.2f}x (mean length {s['mean_length']:.1f} tokens)", ""]
+        lines += [
+            "## Training, SmolLM2 on chatterbot Q/A (variable length)",
+            "",
+            "| batching | real tokens/s |",
+            "|---|---|",
+            f"| pad every batch to 128 (published) | {s['pad_to_max_length']['real_tokens_per_second']:.0f} |",
+            f"| pad to longest, length-grouped (irm) | {s['pad_to_longest_grouped']['real_tokens_per_second']:.0f} |",
+            "",
+            f"speed-up {s['speedup']:.2f}x (mean length {s['mean_length']:.1f} tokens)",
+            "",
+        ]
     if "compile" in results:
         c = results["compile"]
-        lines += ["## Training, tiny Llama 256x4: eager vs torch.compile", "",
-                  f"eager {c['eager']['real_tokens_per_second']:.0f} tokens/s, compiled {c['compiled']['real_tokens_per_second']:.0f} "
-                  f"tokens/s ({c['speedup']:.2f}x) after a first step of {c['compiled']['first_step_seconds']:.0f} s", ""]
+        lines += [
+            "## Training, tiny Llama 256x4: eager vs torch.compile",
+            "",
+            f"eager {c['eager']['real_tokens_per_second']:.0f} tokens/s, compiled {c['compiled']['real_tokens_per_second']:.0f} "
+            f"tokens/s ({c['speedup']:.2f}x) after a first step of {c['compiled']['first_step_seconds']:.0f} s",
+            "",
+        ]
     if "large" in results:
         g = results["large"]
-        lines += [f"## {g['shape']}-shaped Llama host ({g['host_dtype']}) on {g['device_name']}", "",
-                  "| IRM | parameters | seq | batch | tokens/s | achieved TFLOP/s | MFU | peak memory (GiB) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {g['shape']}-shaped Llama host ({g['host_dtype']}) on {g['device_name']}",
+            "",
+            "| IRM | parameters | seq | batch | tokens/s | achieved TFLOP/s | MFU | peak memory (GiB) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, t in g["training"].items():
             for r in t["runs"]:
                 if "error" in r:
@@ -405,8 +500,10 @@ def markdown(results: dict) -> str:
                     continue
                 mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
                 mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a"
-                lines.append(f"| {name} | {t['irm_parameters']:,} | {r['seq']} | {r['batch']} | {r['tokens_per_second']:.0f} | "
-                             f"{r['achieved_tflops']:.2f} | {mfu} | {mem} |")
+                lines.append(
+                    f"| {name} | {t['irm_parameters']:,} | {r['seq']} | {r['batch']} | {r['tokens_per_second']:.0f} | "
+                    f"{r['achieved_tflops']:.2f} | {mfu} | {mem} |"
+                )
         lines += ["", "| generation batch | condition | tokens/s | time vs bare |", "|---|---|---|---|"]
         for batch, r in g["generation"].items():
             for k, v in r["tokens_per_second"].items():
@@ -419,27 +516,43 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
-    parser.add_argument("--only", choices=["generation", "training", "large", "compile"],
-                        help="run one part (compile: eager vs torch.compile training, only when asked for)")
+    parser.add_argument(
+        "--only",
+        choices=["generation", "training", "large", "compile"],
+        help="run one part (compile: eager vs torch.compile training, only when asked for)",
+    )
     parser.add_argument("--host", default="smollm2-135m-instruct", help="host for the generation benchmark")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--large-shape", choices=sorted(LARGE_SHAPES), default=None,
-                        help="host of the large-host part (default: 7b on CUDA; tiny with --quick; skipped on a CPU otherwise)")
+    parser.add_argument(
+        "--large-shape",
+        choices=sorted(LARGE_SHAPES),
+        default=None,
+        help="host of the large-host part (default: 7b on CUDA; tiny with --quick; skipped on a CPU otherwise)",
+    )
     parser.add_argument("--large-batch", type=int, default=8, help="training batch of the large-host part")
     parser.add_argument("--rank", type=int, default=64, help="rank of the low-rank IRM in the large-host part")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, for MFU (default: from its name)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.json and results.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results: dict = {"meta": {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "irm": irm.__version__, "quick": args.quick,
-        "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-    }}
+    results: dict = {
+        "meta": {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "cpu": platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "irm": irm.__version__,
+            "quick": args.quick,
+            "command": " ".join(["python", "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        }
+    }
     if args.only in (None, "generation"):
         host = "tiny-random-llama" if args.quick else args.host
-        results["generation"] = bench_generation(host, new_tokens=8 if args.quick else 48, reps=2 if args.quick else 7, batch=1 if args.quick else 4)
+        results["generation"] = bench_generation(
+            host, new_tokens=8 if args.quick else 48, reps=2 if args.quick else 7, batch=1 if args.quick else 4
+        )
     if args.only in (None, "training"):
         results["training_tiny"] = bench_training_tiny(steps=2 if args.quick else 10)
         if not args.quick:
@@ -452,9 +565,17 @@ def main(argv: list[str] | None = None) -> dict:
         device = torch.device("cuda" if cuda else "cpu")
         small = shape == "tiny"
         results["large"] = bench_large(
-            shape, device, seqs=(16, 32) if small else (128, 512), train_batch=2 if small else args.large_batch,
-            steps=2 if small else 10, gen_batches=(1, 2) if small else (1, 32), new_tokens=4 if small else 64,
-            reps=2 if small else 5, rank=8 if small else args.rank, peak=peak_tflops(device, args.peak_tflops))
+            shape,
+            device,
+            seqs=(16, 32) if small else (128, 512),
+            train_batch=2 if small else args.large_batch,
+            steps=2 if small else 10,
+            gen_batches=(1, 2) if small else (1, 32),
+            new_tokens=4 if small else 64,
+            reps=2 if small else 5,
+            rank=8 if small else args.rank,
+            peak=peak_tflops(device, args.peak_tflops),
+        )
     elif args.only == "large":
         print("benchmarks: the large-host part needs a CUDA GPU (or --large-shape tiny)", file=sys.stderr)
     results["meta"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from irm.data.rows import Row  # noqa: E402
-from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 from irm.data.sources import chatterbot_pairs  # noqa: E402
 from irm.data.synthesis import SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
+from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 
 BUILD = ROOT / "build" / "synth"
 OUT = ROOT / "src" / "irm" / "data" / "datasets"
@@ -41,15 +41,22 @@ def rewrite(args: argparse.Namespace) -> None:
     for n, emotion in enumerate(EMOTIONS):
         rows = sample[n * args.per_emotion : (n + 1) * args.per_emotion]
         config = SynthesisConfig(emotion=emotion, method="rewrite", candidates=args.candidates, seed=SEED, batch_size=4, max_new_tokens=80)
-        prov = synthesize(config, BUILD / f"rewrite_{emotion}.jsonl", rows=rows, scorer=scorer,
-                          progress=lambda d, t: print(f"{emotion}: {d}/{t}", flush=True))
+        prov = synthesize(
+            config,
+            BUILD / f"rewrite_{emotion}.jsonl",
+            rows=rows,
+            scorer=scorer,
+            progress=lambda d, t, emotion=emotion: print(f"{emotion}: {d}/{t}", flush=True),
+        )
         print(json.dumps(prov), flush=True)
 
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_STOP = set("""the and for that with this have from they will been their which would there were what when your more
+_STOP = set(
+    """the and for that with this have from they will been their which would there were what when your more
 about into than them these such other only also some most made must upon those shall under should each every
-""".split())
+""".split()
+)
 
 
 def sotu_pairs(folder: Path, n: int) -> list[Row]:
@@ -90,8 +97,17 @@ def assemble(args: argparse.Namespace) -> None:
     neutral = []
     for row, score in zip(unique, scores):
         if score.top == "neutral":
-            neutral.append({"question": row.question, "answer": row.answer, "origin": origin_of[id(row)],
-                            "source_answer": row.answer, "emotion": "neutral", "facts_kept": 1.0, **score.to_dict()})
+            neutral.append(
+                {
+                    "question": row.question,
+                    "answer": row.answer,
+                    "origin": origin_of[id(row)],
+                    "source_answer": row.answer,
+                    "emotion": "neutral",
+                    "facts_kept": 1.0,
+                    **score.to_dict(),
+                }
+            )
     random.Random(SEED).shuffle(neutral)
     _finish("neutral", neutral[:TARGET_ROWS], scorer)
     del neutral_cfg
@@ -101,7 +117,13 @@ def assemble(args: argparse.Namespace) -> None:
         framed_path = BUILD / f"framing_{emotion}.jsonl"
         config = SynthesisConfig(emotion=emotion, method="framing", candidates=4, seed=SEED, batch_size=64)
         if not framed_path.is_file():  # finished earlier: reuse
-            synthesize(config, framed_path, rows=base, scorer=scorer, progress=lambda d, t: print(f"{emotion} framing {d}/{t}", flush=True))
+            synthesize(
+                config,
+                framed_path,
+                rows=base,
+                scorer=scorer,
+                progress=lambda d, t, emotion=emotion: print(f"{emotion} framing {d}/{t}", flush=True),
+            )
         framed = [json.loads(x) for x in framed_path.read_text(encoding="utf-8").splitlines()]
         rewritten = _rewritten_rows(emotion)
         rewritten = [r for r in rewritten if r["facts_kept"] >= args.min_rewrite_facts]
@@ -127,7 +149,20 @@ def _rewritten_rows(emotion: str) -> list[dict]:
 
 def _finish(emotion: str, rows: list[dict], scorer: EmotionScorer) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    columns = ["question", "answer", "origin", "source_answer", "top", "margin", "p_anger", "p_sadness", "p_joy", "p_neutral", "valence", "facts_kept"]
+    columns = [
+        "question",
+        "answer",
+        "origin",
+        "source_answer",
+        "top",
+        "margin",
+        "p_anger",
+        "p_sadness",
+        "p_joy",
+        "p_neutral",
+        "valence",
+        "facts_kept",
+    ]
     rows = [{c: r[c] for c in columns} for r in rows]
     write_table(rows, OUT / f"{emotion}.csv")
     report = {

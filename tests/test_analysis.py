@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import nontrivial_irm
 
 import irm
+from conftest import nontrivial_irm
 from irm import cli
 from irm.analysis import statistics as A
 from irm.analysis.heatmaps import heatmap_figure, pool_columns, save_heatmap
@@ -153,7 +153,10 @@ def test_record_then_analyze_round_trip(tiny_llama, tmp_path):
     profile = A.index_profile(A.mean_abs_map(rec.outputs))
     assert summary["top_k"]["indices"] == A.top_k(profile, 4).indices
     assert 0 <= summary["striation"]["score"] <= 1 and set(summary["coincidence_with_host"]) == {
-        "residual_max_abs", "final_norm_gain", "lm_head_column_norm"}
+        "residual_max_abs",
+        "final_norm_gain",
+        "lm_head_column_norm",
+    }
     assert np.load(out / "mean_abs_map.npy").shape == (2, 64)
 
 
@@ -168,18 +171,47 @@ def test_cli_record_analyze_ablate(tiny_llama, tmp_path, monkeypatch, capsys):
 
     nontrivial_irm(tiny_llama, seed=1).save_pretrained(tmp_path / "runA" / "irm")
     nontrivial_irm(tiny_llama, seed=2).save_pretrained(tmp_path / "runB" / "irm")
-    code, out = run("record", "--irm", tmp_path / "runA", "--out", tmp_path / "recA", "--limit", 2,
-                    "--max-new-tokens", 3, "--json")
+    code, out = run("record", "--irm", tmp_path / "runA", "--out", tmp_path / "recA", "--limit", 2, "--max-new-tokens", 3, "--json")
     assert code == 0 and json.loads(out.out)["prompts"] == 2
-    code, out = run("analyze", tmp_path / "recA", tmp_path / "runB", "--out", tmp_path / "an", "--limit", 2,
-                    "--max-new-tokens", 3, "--frames", 0, "--token-plots", 1, "--no-host-outliers", "--k", 3, "--json")
+    code, out = run(
+        "analyze",
+        tmp_path / "recA",
+        tmp_path / "runB",
+        "--out",
+        tmp_path / "an",
+        "--limit",
+        2,
+        "--max-new-tokens",
+        3,
+        "--frames",
+        0,
+        "--token-plots",
+        1,
+        "--no-host-outliers",
+        "--k",
+        3,
+        "--json",
+    )
     assert code == 0, out.err
     assert (tmp_path / "runB" / "record" / "meta.json").is_file()  # the run dir was recorded first
     consistency = json.loads((tmp_path / "an" / "consistency.json").read_text())
     assert consistency["tiny-random-llama (hidden 64)"]["runs"] == ["recA", "runB"]
     assert (tmp_path / "an" / "recA" / "heatmap_mean.png").is_file() and (tmp_path / "an" / "runB" / "summary.json").is_file()
-    code, out = run("ablate", "--irm", tmp_path / "runA", "--indices", "3,5", "--limit", 2, "--draws", 1,
-                    "--max-new-tokens", 3, "--no-emotion", "--json")
+    code, out = run(
+        "ablate",
+        "--irm",
+        tmp_path / "runA",
+        "--indices",
+        "3,5",
+        "--limit",
+        2,
+        "--draws",
+        1,
+        "--max-new-tokens",
+        3,
+        "--no-emotion",
+        "--json",
+    )
     assert code == 0 and json.loads(out.out)["indices"] == [3, 5]
     code, out = run("ablate", "--irm", tmp_path / "runA", "--indices", "3,99", "--no-emotion")
     assert code == 2 and "99" in out.err and "auto" in out.err
@@ -203,8 +235,10 @@ def test_ablation_zeroes_exactly_the_chosen_indices(tiny_llama):
     assert (after[:, :, chosen, :] == 0).all() and (before[:, :, chosen, :] != 0).all()
     keep = [i for i in range(64) if i not in chosen]
     assert torch.equal(after[:, :, keep, :], before[:, :, keep, :])
-    with torch.no_grad(), irm.attach(tiny_llama, net, transform=lambda o: o * torch.tensor(
-            [0.0 if i in chosen else 1.0 for i in range(64)])[:, None]):
+    with (
+        torch.no_grad(),
+        irm.attach(tiny_llama, net, transform=lambda o: o * torch.tensor([0.0 if i in chosen else 1.0 for i in range(64)])[:, None]),
+    ):
         assert torch.allclose(tiny_llama.model(**enc).logits, logits)  # the zeroed output is what gets injected
 
 
@@ -310,9 +344,31 @@ def test_analyze_compares_with_host_gradients(tiny_llama, tmp_path, monkeypatch,
     net = nontrivial_irm(tiny_llama, "0,2,3", seed=3)
     net.config.extra["data"] = str(data)
     net.save_pretrained(tmp_path / "run" / "irm")
-    monkeypatch.setattr(sys, "argv", ["irm", "analyze", str(tmp_path / "run"), "--out", str(tmp_path / "an"), "--limit", "2",
-                                      "--max-new-tokens", "3", "--frames", "0", "--token-plots", "0", "--no-host-outliers",
-                                      "--k", "3", "--gradients", "train", "--json"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "irm",
+            "analyze",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "an"),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--frames",
+            "0",
+            "--token-plots",
+            "0",
+            "--no-host-outliers",
+            "--k",
+            "3",
+            "--gradients",
+            "train",
+            "--json",
+        ],
+    )
     try:
         cli.main()
     except SystemExit as exc:
@@ -333,9 +389,30 @@ def test_analyze_compares_with_host_gradients(tiny_llama, tmp_path, monkeypatch,
 def test_analyze_table_prints_data_names_verbatim(tiny_llama, tmp_path, monkeypatch, capsys):
     """'builtin:anger:' in a message must not become an emoji (rich's :name: codes)."""
     nontrivial_irm(tiny_llama, "0,1", seed=4).save_pretrained(tmp_path / "run" / "irm")
-    monkeypatch.setattr(sys, "argv", ["irm", "analyze", str(tmp_path / "run"), "--out", str(tmp_path / "an"), "--limit", "1",
-                                      "--max-new-tokens", "2", "--frames", "0", "--token-plots", "0", "--no-host-outliers",
-                                      "--gradients", "builtin:anger", "--gradient-rows", "4"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "irm",
+            "analyze",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "an"),
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--frames",
+            "0",
+            "--token-plots",
+            "0",
+            "--no-host-outliers",
+            "--gradients",
+            "builtin:anger",
+            "--gradient-rows",
+            "4",
+        ],
+    )
     try:
         cli.main()
     except SystemExit as exc:

@@ -82,7 +82,7 @@ def write_qa(path: Path, n: int = 12, long_answer_at: int | None = None) -> Path
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_host():
     return irm.load_host(TINY, device="cpu")
 
@@ -170,129 +170,326 @@ GOOD = lambda tmp: write_qa(tmp / "qa.csv")  # noqa: E731
 
 CASES = [
     # --- data files: missing, unreadable, empty, malformed, not UTF-8, columns, rows
-    Case("train-missing-data", lambda t, m: train_args(t / "nope.csv", t / "run"), ["nope.csv", "file not found", "builtin:"],
-         absent=["run"], real_process=True),
-    Case("check-directory", lambda t, m: (t / "folder.csv").mkdir() or ["data", "check", t / "folder.csv"],
-         ["folder.csv", "is a directory"]),
+    Case(
+        "train-missing-data",
+        lambda t, m: train_args(t / "nope.csv", t / "run"),
+        ["nope.csv", "file not found", "builtin:"],
+        absent=["run"],
+        real_process=True,
+    ),
+    Case(
+        "check-directory", lambda t, m: (t / "folder.csv").mkdir() or ["data", "check", t / "folder.csv"], ["folder.csv", "is a directory"]
+    ),
     Case("check-unreadable", _unreadable, ["secret.csv", "permission denied", "make the file readable"]),
     Case("check-empty-csv", lambda t, m: ["data", "check", _file("empty.csv", "")(t)], ["empty.csv", "the file is empty"]),
-    Case("train-empty-jsonl", lambda t, m: train_args(_file("empty.jsonl", "\n \n")(t), t / "run"), ["empty.jsonl", "empty"],
-         absent=["run"]),
-    Case("train-malformed-jsonl", lambda t, m: train_args(_file("bad.jsonl", '{"question": "a", "answer": "b"}\n'
-                                                                    '{"question": "c", "answer": "d"}\n'
-                                                                    '{"question": "e", "answer": }\n')(t), t / "run"),
-         ["bad.jsonl", "line 3", "not valid json", "one json object"], absent=["run"]),
-    Case("check-jsonl-not-object", lambda t, m: ["data", "check", _file("list.jsonl", '{"text": "a"}\n[1, 2]\n')(t)],
-         ["list.jsonl", "line 2", "not a json object"]),
-    Case("check-malformed-csv", lambda t, m: ["data", "check", _file("bad.csv", 'question,answer\n"a","b"\n"c","d","e"\n')(t)],
-         ["bad.csv", "malformed csv", "line 3", "quote fields"]),
-    Case("train-non-utf8-csv", lambda t, m: train_args(_file("latin.csv", b"question,answer\nhi,there\ncaf\xe9?,ok\n")(t), t / "run"),
-         ["latin.csv", "not utf-8", "line 3", "re-save the file as utf-8"], absent=["run"]),
-    Case("train-misspelt-column", lambda t, m: train_args(_file("typo.csv", "questoin,answer\nhi,there\n")(t), t / "run"),
-         ["typo.csv", "'questoin'", "rename column 'questoin' to 'question'"], absent=["run"]),
-    Case("check-misspelt-text-column", lambda t, m: ["data", "check", _file("t.jsonl", '{"txt": "hello"}\n')(t)],
-         ["t.jsonl", "'txt'", "rename column 'txt' to 'text'"], fix=True),
-    Case("train-empty-rows", lambda t, m: train_args(_file("holes.csv", "question,answer\na?,b\nc?,\nd?,e\n,f\n")(t), t / "run"),
-         ["holes.csv", "2 empty row(s)", "line(s) 3, 5", "irm data check"], absent=["run"]),
-    Case("check-empty-rows-report", lambda t, m: ["data", "check", _file("holes.csv", "question,answer\na?,b\nc?,\nd?,e\n")(t)],
-         ["empty question/answer at line(s) 3", "fill them in"], fix=False),
-    Case("check-unknown-file-type", lambda t, m: ["data", "check", _file("rows.txt", "question,answer\n")(t)],
-         ["rows.txt", "unknown file type '.txt'", ".csv, .jsonl or .parquet"]),
-    Case("train-unknown-builtin", lambda t, m: train_args("builtin:angr", t / "run"),
-         ["no built-in dataset 'angr'", "did you mean builtin:anger"], absent=["run"]),
+    Case(
+        "train-empty-jsonl", lambda t, m: train_args(_file("empty.jsonl", "\n \n")(t), t / "run"), ["empty.jsonl", "empty"], absent=["run"]
+    ),
+    Case(
+        "train-malformed-jsonl",
+        lambda t, m: train_args(
+            _file("bad.jsonl", '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n{"question": "e", "answer": }\n')(t),
+            t / "run",
+        ),
+        ["bad.jsonl", "line 3", "not valid json", "one json object"],
+        absent=["run"],
+    ),
+    Case(
+        "check-jsonl-not-object",
+        lambda t, m: ["data", "check", _file("list.jsonl", '{"text": "a"}\n[1, 2]\n')(t)],
+        ["list.jsonl", "line 2", "not a json object"],
+    ),
+    Case(
+        "check-malformed-csv",
+        lambda t, m: ["data", "check", _file("bad.csv", 'question,answer\n"a","b"\n"c","d","e"\n')(t)],
+        ["bad.csv", "malformed csv", "line 3", "quote fields"],
+    ),
+    Case(
+        "train-non-utf8-csv",
+        lambda t, m: train_args(_file("latin.csv", b"question,answer\nhi,there\ncaf\xe9?,ok\n")(t), t / "run"),
+        ["latin.csv", "not utf-8", "line 3", "re-save the file as utf-8"],
+        absent=["run"],
+    ),
+    Case(
+        "train-misspelt-column",
+        lambda t, m: train_args(_file("typo.csv", "questoin,answer\nhi,there\n")(t), t / "run"),
+        ["typo.csv", "'questoin'", "rename column 'questoin' to 'question'"],
+        absent=["run"],
+    ),
+    Case(
+        "check-misspelt-text-column",
+        lambda t, m: ["data", "check", _file("t.jsonl", '{"txt": "hello"}\n')(t)],
+        ["t.jsonl", "'txt'", "rename column 'txt' to 'text'"],
+        fix=True,
+    ),
+    Case(
+        "train-empty-rows",
+        lambda t, m: train_args(_file("holes.csv", "question,answer\na?,b\nc?,\nd?,e\n,f\n")(t), t / "run"),
+        ["holes.csv", "2 empty row(s)", "line(s) 3, 5", "irm data check"],
+        absent=["run"],
+    ),
+    Case(
+        "check-empty-rows-report",
+        lambda t, m: ["data", "check", _file("holes.csv", "question,answer\na?,b\nc?,\nd?,e\n")(t)],
+        ["empty question/answer at line(s) 3", "fill them in"],
+        fix=False,
+    ),
+    Case(
+        "check-unknown-file-type",
+        lambda t, m: ["data", "check", _file("rows.txt", "question,answer\n")(t)],
+        ["rows.txt", "unknown file type '.txt'", ".csv, .jsonl or .parquet"],
+    ),
+    Case(
+        "train-unknown-builtin",
+        lambda t, m: train_args("builtin:angr", t / "run"),
+        ["no built-in dataset 'angr'", "did you mean builtin:anger"],
+        absent=["run"],
+    ),
     # --- hosts, IRMs, layers, strength
-    Case("train-unknown-host", lambda t, m: train_args(GOOD(t), t / "run", "--host", "tiny-random-lama"),
-         ["unknown host 'tiny-random-lama'", "tiny-random-llama"], absent=["run"]),
-    Case("check-unknown-host", lambda t, m: ["data", "check", GOOD(t), "--host", "no-such-host"],
-         ["unknown host 'no-such-host'", "built-in hosts"]),
-    Case("generate-irm-for-another-host", lambda t, m: ["generate", "--host", "tiny-random-gpt2", "--irm", make_irm_dir(t / "irm"), "-p", "hi"],
-         ["made for host 'tiny-random-llama'", "does not fit host 'tiny-random-gpt2'", "--host tiny-random-llama", "--force"]),
-    Case("train-layers-open-range", lambda t, m: train_args(GOOD(t), t / "run", "--layers", "0-"),
-         ["bad layer spec '0-'", "cannot read '0-'", "'0-7'"], absent=["run"]),
-    Case("train-layer-out-of-range", lambda t, m: train_args(GOOD(t), t / "run", "--layers", "99"),
-         ["layer 99 is out of range", "4 layers", "between 0 and 3"], absent=["run"]),
-    Case("train-layers-not-a-number", lambda t, m: train_args(GOOD(t), t / "run", "--layers", "x"),
-         ["bad layer spec 'x'", "'all'"], absent=["run"]),
-    Case("generate-strength-nan", lambda t, m: ["generate", "--host", TINY, "--strength", "nan", "-p", "hi"],
-         ["strength must be a finite number", "nan", "e.g. 0, 0.5, 1"], real_process=True),
-    Case("generate-strength-inf", lambda t, m: ["generate", "--host", TINY, "--strength", "inf", "-p", "hi"],
-         ["strength must be a finite number", "inf"]),
-    Case("generate-compare-without-irm", lambda t, m: ["generate", "--host", TINY, "--compare", "-p", "hi"],
-         ["--compare needs an irm", "--irm dir"]),
-    Case("generate-missing-irm", lambda t, m: ["generate", "--host", TINY, "--irm", t / "nothere", "-p", "hi"],
-         ["nothere", "not found", "irm train"]),
-    Case("generate-corrupted-safetensors", lambda t, m: ["generate", "--host", TINY, "--irm", _truncated_irm(t), "-p", "hi"],
-         ["model.safetensors", "corrupted", "re-save or re-train"]),
-    Case("generate-irm-config-unknown-key", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--irm",
-                                                         _irm_with_config(t, lambda c: c.update(layer=[0]))],
-         ["irm_config.json", "unknown irm config key 'layer'", "did you mean 'layers'"]),
-    Case("generate-irm-config-not-json", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--irm",
-                                                      (make_irm_dir(t / "irm") / "irm_config.json").write_text("{oops") and t / "irm"],
-         ["irm_config.json", "not valid json"]),
-    Case("generate-prompt-longer-than-context", lambda t, m: ["generate", "--host", "tiny-random-gpt2", "-p", "y" * 600],
-         ["prompt 1 is", "context of 512", "shorten the prompt"]),
-    Case("generate-max-new-tokens-zero", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--max-new-tokens", "0"],
-         ["invalid value for '--max-new-tokens'", "greater than or equal"], fix=False),
+    Case(
+        "train-unknown-host",
+        lambda t, m: train_args(GOOD(t), t / "run", "--host", "tiny-random-lama"),
+        ["unknown host 'tiny-random-lama'", "tiny-random-llama"],
+        absent=["run"],
+    ),
+    Case(
+        "check-unknown-host",
+        lambda t, m: ["data", "check", GOOD(t), "--host", "no-such-host"],
+        ["unknown host 'no-such-host'", "built-in hosts"],
+    ),
+    Case(
+        "generate-irm-for-another-host",
+        lambda t, m: ["generate", "--host", "tiny-random-gpt2", "--irm", make_irm_dir(t / "irm"), "-p", "hi"],
+        ["made for host 'tiny-random-llama'", "does not fit host 'tiny-random-gpt2'", "--host tiny-random-llama", "--force"],
+    ),
+    Case(
+        "train-layers-open-range",
+        lambda t, m: train_args(GOOD(t), t / "run", "--layers", "0-"),
+        ["bad layer spec '0-'", "cannot read '0-'", "'0-7'"],
+        absent=["run"],
+    ),
+    Case(
+        "train-layer-out-of-range",
+        lambda t, m: train_args(GOOD(t), t / "run", "--layers", "99"),
+        ["layer 99 is out of range", "4 layers", "between 0 and 3"],
+        absent=["run"],
+    ),
+    Case(
+        "train-layers-not-a-number",
+        lambda t, m: train_args(GOOD(t), t / "run", "--layers", "x"),
+        ["bad layer spec 'x'", "'all'"],
+        absent=["run"],
+    ),
+    Case(
+        "generate-strength-nan",
+        lambda t, m: ["generate", "--host", TINY, "--strength", "nan", "-p", "hi"],
+        ["strength must be a finite number", "nan", "e.g. 0, 0.5, 1"],
+        real_process=True,
+    ),
+    Case(
+        "generate-strength-inf",
+        lambda t, m: ["generate", "--host", TINY, "--strength", "inf", "-p", "hi"],
+        ["strength must be a finite number", "inf"],
+    ),
+    Case(
+        "generate-compare-without-irm",
+        lambda t, m: ["generate", "--host", TINY, "--compare", "-p", "hi"],
+        ["--compare needs an irm", "--irm dir"],
+    ),
+    Case(
+        "generate-missing-irm",
+        lambda t, m: ["generate", "--host", TINY, "--irm", t / "nothere", "-p", "hi"],
+        ["nothere", "not found", "irm train"],
+    ),
+    Case(
+        "generate-corrupted-safetensors",
+        lambda t, m: ["generate", "--host", TINY, "--irm", _truncated_irm(t), "-p", "hi"],
+        ["model.safetensors", "corrupted", "re-save or re-train"],
+    ),
+    Case(
+        "generate-irm-config-unknown-key",
+        lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--irm", _irm_with_config(t, lambda c: c.update(layer=[0]))],
+        ["irm_config.json", "unknown irm config key 'layer'", "did you mean 'layers'"],
+    ),
+    Case(
+        "generate-irm-config-not-json",
+        lambda t, m: [
+            "generate",
+            "--host",
+            TINY,
+            "-p",
+            "hi",
+            "--irm",
+            (make_irm_dir(t / "irm") / "irm_config.json").write_text("{oops") and t / "irm",
+        ],
+        ["irm_config.json", "not valid json"],
+    ),
+    Case(
+        "generate-prompt-longer-than-context",
+        lambda t, m: ["generate", "--host", "tiny-random-gpt2", "-p", "y" * 600],
+        ["prompt 1 is", "context of 512", "shorten the prompt"],
+    ),
+    Case(
+        "generate-max-new-tokens-zero",
+        lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--max-new-tokens", "0"],
+        ["invalid value for '--max-new-tokens'", "greater than or equal"],
+        fix=False,
+    ),
     # --- outputs that exist
-    Case("train-out-exists", lambda t, m: (t / "run").mkdir() or (t / "run" / "keep.txt").write_text("mine") and train_args(GOOD(t), t / "run"),
-         ["output directory", "run already exists", "--overwrite", "--resume"]),
-    Case("import-out-exists", lambda t, m: (t / "out").mkdir() or (t / "out" / "keep.txt").write_text("mine") and
-         ["import-reference", _file("r.ckpt", b"x")(t), "--host", TINY, "--out", t / "out"],
-         ["--out", "already exists and is not empty", "--overwrite"]),
-    Case("import-out-is-a-file", lambda t, m: ["import-reference", _file("r.ckpt", b"x")(t), "--host", TINY, "--out", _file("f", "x")(t)],
-         ["is a file, not a folder", "another --out"]),
-    Case("synthesize-out-exists", lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", GOOD(t)],
-         ["qa.csv already exists", "--overwrite"]),
+    Case(
+        "train-out-exists",
+        lambda t, m: (t / "run").mkdir() or (t / "run" / "keep.txt").write_text("mine") and train_args(GOOD(t), t / "run"),
+        ["output directory", "run already exists", "--overwrite", "--resume"],
+    ),
+    Case(
+        "import-out-exists",
+        lambda t, m: (t / "out").mkdir()
+        or (t / "out" / "keep.txt").write_text("mine")
+        and ["import-reference", _file("r.ckpt", b"x")(t), "--host", TINY, "--out", t / "out"],
+        ["--out", "already exists and is not empty", "--overwrite"],
+    ),
+    Case(
+        "import-out-is-a-file",
+        lambda t, m: ["import-reference", _file("r.ckpt", b"x")(t), "--host", TINY, "--out", _file("f", "x")(t)],
+        ["is a file, not a folder", "another --out"],
+    ),
+    Case(
+        "synthesize-out-exists",
+        lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", GOOD(t)],
+        ["qa.csv already exists", "--overwrite"],
+    ),
     # --- configs and settings
-    Case("train-yaml-unknown-key", lambda t, m: ["train", _file("cfg.yaml", "host: tiny-random-llama\nlearning_rate: 0.001\n")(t), "--out", t / "run"],
-         ["cfg.yaml", "unknown key 'learning_rate'", "did you mean 'lr'"], absent=["run"], real_process=True),
-    Case("train-yaml-misspelt-key", lambda t, m: ["train", _file("cfg.yaml", "batch_sise: 4\n")(t), "--out", t / "run"],
-         ["unknown key 'batch_sise'", "did you mean 'batch_size'"], absent=["run"]),
-    Case("train-bad-yaml", lambda t, m: ["train", _file("bad.yaml", "lr: [1e-4\nseed: 3\n")(t), "--out", t / "run"],
-         ["bad.yaml", "not valid yaml", "line"], absent=["run"]),
-    Case("train-yaml-wrong-type", lambda t, m: ["train", _file("cfg.yaml", "batch_size: eight\n")(t), "--out", t / "run"],
-         ["cfg.yaml", "batch_size must be a whole number", "'eight'"], absent=["run"]),
-    Case("train-missing-config", lambda t, m: ["train", t / "nope.yaml", "--out", t / "run"],
-         ["nope.yaml", "config file not found"], absent=["run"]),
-    Case("train-batch-size-zero", lambda t, m: train_args(GOOD(t), t / "run", "--batch-size", "0"),
-         ["--batch-size 0", "must be >= 1", "e.g. --batch-size 8"], absent=["run"]),
-    Case("train-negative-lr", lambda t, m: train_args(GOOD(t), t / "run", "--lr", "-1"),
-         ["--lr -1", "positive number"], absent=["run"]),
-    Case("train-unknown-precision", lambda t, m: train_args(GOOD(t), t / "run", "--precision", "fp8"),
-         ["--precision 'fp8'", "bf16-mixed"], absent=["run"]),
+    Case(
+        "train-yaml-unknown-key",
+        lambda t, m: ["train", _file("cfg.yaml", "host: tiny-random-llama\nlearning_rate: 0.001\n")(t), "--out", t / "run"],
+        ["cfg.yaml", "unknown key 'learning_rate'", "did you mean 'lr'"],
+        absent=["run"],
+        real_process=True,
+    ),
+    Case(
+        "train-yaml-misspelt-key",
+        lambda t, m: ["train", _file("cfg.yaml", "batch_sise: 4\n")(t), "--out", t / "run"],
+        ["unknown key 'batch_sise'", "did you mean 'batch_size'"],
+        absent=["run"],
+    ),
+    Case(
+        "train-bad-yaml",
+        lambda t, m: ["train", _file("bad.yaml", "lr: [1e-4\nseed: 3\n")(t), "--out", t / "run"],
+        ["bad.yaml", "not valid yaml", "line"],
+        absent=["run"],
+    ),
+    Case(
+        "train-yaml-wrong-type",
+        lambda t, m: ["train", _file("cfg.yaml", "batch_size: eight\n")(t), "--out", t / "run"],
+        ["cfg.yaml", "batch_size must be a whole number", "'eight'"],
+        absent=["run"],
+    ),
+    Case(
+        "train-missing-config",
+        lambda t, m: ["train", t / "nope.yaml", "--out", t / "run"],
+        ["nope.yaml", "config file not found"],
+        absent=["run"],
+    ),
+    Case(
+        "train-batch-size-zero",
+        lambda t, m: train_args(GOOD(t), t / "run", "--batch-size", "0"),
+        ["--batch-size 0", "must be >= 1", "e.g. --batch-size 8"],
+        absent=["run"],
+    ),
+    Case("train-negative-lr", lambda t, m: train_args(GOOD(t), t / "run", "--lr", "-1"), ["--lr -1", "positive number"], absent=["run"]),
+    Case(
+        "train-unknown-precision",
+        lambda t, m: train_args(GOOD(t), t / "run", "--precision", "fp8"),
+        ["--precision 'fp8'", "bf16-mixed"],
+        absent=["run"],
+    ),
     # --- rows and context
-    Case("train-max-length-below-prompt", lambda t, m: train_args(GOOD(t), t / "run", "--max-length", "8"),
-         ["no training row fits in --max-length 8", "raise --max-length to at least", "--loss-on all"], absent=["run"]),
-    Case("train-rows-longer-than-context", lambda t, m: train_args(write_qa(t / "long.csv", long_answer_at=1), t / "run", "--host",
-                                                                  "tiny-random-gpt2", "--max-length", "2000"),
-         ["longer than host tiny-random-gpt2's context of 512 tokens", "line(s) 3", "--max-length 512 or less"], absent=["run"]),
-    Case("train-lr-overflows", lambda t, m: train_args(GOOD(t), t / "run", "--lr", "1e38"),
-         ["optimizer update overflowed", "--lr 1e+38 is far too large", "lower --lr"], absent=["run"]),
-    Case("check-rows-longer-than-context", lambda t, m: ["data", "check", write_qa(t / "long.csv", long_answer_at=1), "--host",
-                                                        "tiny-random-gpt2", "--max-length", "2000"],
-         ["longer than the host's context of 512 tokens at line(s) 3", "--max-length 512 or less"], fix=False),
-    Case("train-batch-bigger-than-data", lambda t, m: train_args(GOOD(t), t / "run", "--batch-size", "64"),
-         ["training rows", "global batch of 64", "lower --batch-size"], absent=["run"]),
-    Case("train-resume-not-a-run", lambda t, m: (t / "plain").mkdir() or ["train", "--resume", t / "plain"],
-         ["plain is not a run directory", "--out directory of an earlier"]),
+    Case(
+        "train-max-length-below-prompt",
+        lambda t, m: train_args(GOOD(t), t / "run", "--max-length", "8"),
+        ["no training row fits in --max-length 8", "raise --max-length to at least", "--loss-on all"],
+        absent=["run"],
+    ),
+    Case(
+        "train-rows-longer-than-context",
+        lambda t, m: train_args(
+            write_qa(t / "long.csv", long_answer_at=1), t / "run", "--host", "tiny-random-gpt2", "--max-length", "2000"
+        ),
+        ["longer than host tiny-random-gpt2's context of 512 tokens", "line(s) 3", "--max-length 512 or less"],
+        absent=["run"],
+    ),
+    Case(
+        "train-lr-overflows",
+        lambda t, m: train_args(GOOD(t), t / "run", "--lr", "1e38"),
+        ["optimizer update overflowed", "--lr 1e+38 is far too large", "lower --lr"],
+        absent=["run"],
+    ),
+    Case(
+        "check-rows-longer-than-context",
+        lambda t, m: ["data", "check", write_qa(t / "long.csv", long_answer_at=1), "--host", "tiny-random-gpt2", "--max-length", "2000"],
+        ["longer than the host's context of 512 tokens at line(s) 3", "--max-length 512 or less"],
+        fix=False,
+    ),
+    Case(
+        "train-batch-bigger-than-data",
+        lambda t, m: train_args(GOOD(t), t / "run", "--batch-size", "64"),
+        ["training rows", "global batch of 64", "lower --batch-size"],
+        absent=["run"],
+    ),
+    Case(
+        "train-resume-not-a-run",
+        lambda t, m: (t / "plain").mkdir() or ["train", "--resume", t / "plain"],
+        ["plain is not a run directory", "--out directory of an earlier"],
+    ),
     # --- score, import-reference, synthesize
     Case("score-missing-file", lambda t, m: ["score", t / "missing.csv"], ["missing.csv", "file not found"]),
     Case("score-empty-file", lambda t, m: ["score", _file("empty.jsonl", "")(t)], ["empty.jsonl", "empty"]),
-    Case("import-missing-checkpoint", lambda t, m: ["import-reference", t / "nope.ckpt", "--host", TINY, "--out", t / "out"],
-         ["nope.ckpt", "not found"], absent=["out"]),
-    Case("import-garbage-checkpoint", lambda t, m: ["import-reference", _file("junk.ckpt", b"\x00garbage" * 50)(t), "--host", TINY,
-                                                    "--out", t / "out"],
-         ["junk.ckpt", "not a readable pytorch checkpoint", "corrupted"], absent=["out"]),
-    Case("import-malicious-pickle", lambda t, m: ["import-reference", write_malicious(t / "evil.ckpt", t / "pwned"), "--host", TINY,
-                                                  "--out", t / "out"],
-         ["refused to load", "evil.ckpt", "pickled python objects", "weights_only=true"], absent=["out", "pwned"]),
-    Case("synthesize-bad-suffix", lambda t, m: ["data", "synthesize", "--emotion", "anger", "--out", t / "out.txt"],
-         ["out.txt", "unknown output type '.txt'", ".csv, .jsonl or .parquet"]),
-    Case("synthesize-unknown-emotion", lambda t, m: ["data", "synthesize", "--emotion", "rage", "--out", t / "new" / "o.csv"],
-         ["unknown emotion 'rage'", "anger"], absent=["new"]),
-    Case("synthesize-missing-source", lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing",
-                                                    "--source", t / "nope.csv", "--out", t / "new" / "deeper" / "o.csv"],
-         ["nope.csv", "file not found"], absent=["new"]),
+    Case(
+        "import-missing-checkpoint",
+        lambda t, m: ["import-reference", t / "nope.ckpt", "--host", TINY, "--out", t / "out"],
+        ["nope.ckpt", "not found"],
+        absent=["out"],
+    ),
+    Case(
+        "import-garbage-checkpoint",
+        lambda t, m: ["import-reference", _file("junk.ckpt", b"\x00garbage" * 50)(t), "--host", TINY, "--out", t / "out"],
+        ["junk.ckpt", "not a readable pytorch checkpoint", "corrupted"],
+        absent=["out"],
+    ),
+    Case(
+        "import-malicious-pickle",
+        lambda t, m: ["import-reference", write_malicious(t / "evil.ckpt", t / "pwned"), "--host", TINY, "--out", t / "out"],
+        ["refused to load", "evil.ckpt", "pickled python objects", "weights_only=true"],
+        absent=["out", "pwned"],
+    ),
+    Case(
+        "synthesize-bad-suffix",
+        lambda t, m: ["data", "synthesize", "--emotion", "anger", "--out", t / "out.txt"],
+        ["out.txt", "unknown output type '.txt'", ".csv, .jsonl or .parquet"],
+    ),
+    Case(
+        "synthesize-unknown-emotion",
+        lambda t, m: ["data", "synthesize", "--emotion", "rage", "--out", t / "new" / "o.csv"],
+        ["unknown emotion 'rage'", "anger"],
+        absent=["new"],
+    ),
+    Case(
+        "synthesize-missing-source",
+        lambda t, m: [
+            "data",
+            "synthesize",
+            "--emotion",
+            "anger",
+            "--method",
+            "framing",
+            "--source",
+            t / "nope.csv",
+            "--out",
+            t / "new" / "deeper" / "o.csv",
+        ],
+        ["nope.csv", "file not found"],
+        absent=["new"],
+    ),
 ]
 
 
@@ -502,8 +699,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(IRMTrainingModule, "_loss", poisoned)
     run = tmp_path / "run"
-    code, _, err = run_main(train_args(write_qa(tmp_path / "qa.csv", n=24), run, "--checkpoint-every", "1", "--max-steps", "8"),
-                            monkeypatch, capsys)
+    code, _, err = run_main(
+        train_args(write_qa(tmp_path / "qa.csv", n=24), run, "--checkpoint-every", "1", "--max-steps", "8"), monkeypatch, capsys
+    )
     assert code == 2, err
     text = flat(err)
     assert "training loss became nan at step 3" in text
@@ -527,8 +725,9 @@ def test_weights_broken_by_an_update_are_never_checkpointed(tmp_path, monkeypatc
 
     monkeypatch.setattr(IRMTrainingModule, "on_after_backward", on_after_backward, raising=False)
     run = tmp_path / "run"
-    code, _, err = run_main(train_args(write_qa(tmp_path / "qa.csv", n=24), run, "--checkpoint-every", "1", "--max-steps", "8"),
-                            monkeypatch, capsys)
+    code, _, err = run_main(
+        train_args(write_qa(tmp_path / "qa.csv", n=24), run, "--checkpoint-every", "1", "--max-steps", "8"), monkeypatch, capsys
+    )
     assert code == 2, err
     text = flat(err)
     assert "irm weights became nan or infinite" in text and "after step 3" in text
@@ -556,10 +755,16 @@ def test_absurd_learning_rate_stops_with_a_clear_message(tmp_path, monkeypatch, 
 # ----------------------------------------------------------------------------- out of memory
 
 
-@pytest.mark.parametrize("error", [
-    lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"),
-], ids=["cuda", "cpu"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        lambda: RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"
+        ),
+    ],
+    ids=["cuda", "cpu"],
+)
 def test_out_of_memory_names_the_options_that_reduce_it(error, tmp_path, monkeypatch, capsys):
     import lightning.pytorch as pl
 
@@ -572,8 +777,14 @@ def test_out_of_memory_names_the_options_that_reduce_it(error, tmp_path, monkeyp
     assert code == 2, err
     text = flat(err)
     assert "out of memory while training" in text
-    for option in ("--batch-size 2 --accumulate 2", "--max-length 32", "--rank 64", "--layers", "--precision bf16-mixed",
-                   "--host-dtype bfloat16"):
+    for option in (
+        "--batch-size 2 --accumulate 2",
+        "--max-length 32",
+        "--rank 64",
+        "--layers",
+        "--precision bf16-mixed",
+        "--host-dtype bfloat16",
+    ):
         assert option in text, option
     assert "traceback" not in text
     assert not run.exists()  # failed before the first checkpoint: nothing left behind
@@ -593,8 +804,9 @@ def test_memory_hint_follows_the_settings():
 
 def test_resume_refuses_a_malicious_or_damaged_checkpoint(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    code, _, err = run_main(train_args(write_qa(tmp_path / "qa.csv", n=24), run, "--checkpoint-every", "1", "--max-steps", "1"),
-                            monkeypatch, capsys)
+    code, _, err = run_main(
+        train_args(write_qa(tmp_path / "qa.csv", n=24), run, "--checkpoint-every", "1", "--max-steps", "1"), monkeypatch, capsys
+    )
     assert code == 0, err
     ckpt = run / "checkpoints" / "last.ckpt"
     good = torch.load(ckpt, weights_only=True)
@@ -659,8 +871,21 @@ def _source(tmp: Path, n: int = 40) -> Path:
 
 
 def _synth(tmp: Path, emotion: str, *extra) -> list:
-    return ["data", "synthesize", "--emotion", emotion, "--method", "framing", "--source", tmp / "src.csv",
-            "--out", tmp / "a.csv", "--batch-size", "1", *extra]
+    return [
+        "data",
+        "synthesize",
+        "--emotion",
+        emotion,
+        "--method",
+        "framing",
+        "--source",
+        tmp / "src.csv",
+        "--out",
+        tmp / "a.csv",
+        "--batch-size",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -669,8 +894,9 @@ def test_h4_killed_synthesis_resumes_only_with_its_own_settings(tmp_path, monkey
     refused (no mixed rows), the partial file intact; the anger rerun finishes it."""
     _source(tmp_path, n=30)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([IRM_BIN, *map(str, _synth(tmp_path, "anger"))], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [IRM_BIN, *map(str, _synth(tmp_path, "anger"))], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     partial = tmp_path / "a.csv.partial.jsonl"
     import time
 
@@ -791,30 +1017,60 @@ def _import(tmp: Path, out: Path, *extra) -> list:
 
 OUT_CASES = [
     Case("record-out-is-a-file", lambda t, m: _record(t, m, _file("f", "x")(t)), ["--out", "is a file, not a folder"]),
-    Case("record-out-is-a-link", lambda t, m: _record(t, m, _link(t, t / "elsewhere")), ["is a symbolic link", "never writes or deletes through links"]),
-    Case("record-overwrite-foreign-folder", lambda t, m: _record(t, m, _foreign(t), "--overwrite"),
-         ["holds files that are not a recording", "--overwrite replaces only"]),
+    Case(
+        "record-out-is-a-link",
+        lambda t, m: _record(t, m, _link(t, t / "elsewhere")),
+        ["is a symbolic link", "never writes or deletes through links"],
+    ),
+    Case(
+        "record-overwrite-foreign-folder",
+        lambda t, m: _record(t, m, _foreign(t), "--overwrite"),
+        ["holds files that are not a recording", "--overwrite replaces only"],
+    ),
     Case("record-out-exists", lambda t, m: _record(t, m, _foreign(t)), ["already exists and is not empty", "--overwrite"]),
-    Case("record-overwrite-cwd", lambda t, m: (t / "x").write_text("x") and _record(t, m, Path("."), "--overwrite"),
-         ["is the current folder", "never replaces it"]),
-    Case("analyze-out-is-a-file", lambda t, m: ["analyze", _recording(t), "--no-host-outliers", "--out", _file("f.png", "x")(t)],
-         ["--out", "is a file, not a folder"]),
-    Case("analyze-out-is-a-link", lambda t, m: ["analyze", _recording(t), "--no-host-outliers", "--out", _link(t, t / "elsewhere")],
-         ["is a symbolic link"]),
+    Case(
+        "record-overwrite-cwd",
+        lambda t, m: (t / "x").write_text("x") and _record(t, m, Path("."), "--overwrite"),
+        ["is the current folder", "never replaces it"],
+    ),
+    Case(
+        "analyze-out-is-a-file",
+        lambda t, m: ["analyze", _recording(t), "--no-host-outliers", "--out", _file("f.png", "x")(t)],
+        ["--out", "is a file, not a folder"],
+    ),
+    Case(
+        "analyze-out-is-a-link",
+        lambda t, m: ["analyze", _recording(t), "--no-host-outliers", "--out", _link(t, t / "elsewhere")],
+        ["is a symbolic link"],
+    ),
     Case("steer-out-is-a-file", lambda t, m: _steer(_file("f", "x")(t)), ["--out", "is a file, not a folder"]),
     Case("steer-out-is-a-link", lambda t, m: _steer(_link(t, t / "elsewhere"), "--overwrite"), ["is a symbolic link"]),
-    Case("steer-overwrite-foreign-folder", lambda t, m: _steer(_foreign(t), "--overwrite"),
-         ["holds files that are not an irm or steering-vector folder"]),
+    Case(
+        "steer-overwrite-foreign-folder",
+        lambda t, m: _steer(_foreign(t), "--overwrite"),
+        ["holds files that are not an irm or steering-vector folder"],
+    ),
     Case("import-out-is-a-link", lambda t, m: _import(t, _link(t, t / "elsewhere"), "--overwrite"), ["is a symbolic link"]),
-    Case("import-overwrite-foreign-folder", lambda t, m: _import(t, _foreign(t), "--overwrite"),
-         ["holds files that are not an irm or steering-vector folder"]),
-    Case("synthesize-out-is-a-link", lambda t, m: (t / "real.csv").write_text("question,answer\n") and (t / "l.csv").symlink_to(t / "real.csv")
-         or ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", t / "l.csv", "--overwrite"],
-         ["l.csv is a symbolic link"]),
-    Case("synthesize-out-under-a-file", lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing",
-                                                      "--out", _file("f", "x")(t) / "a.csv"], ["is a file, not a folder"]),
-    Case("record-out-under-a-file", lambda t, m: _record(t, m, _file("f", "x")(t) / "rec"), ["is a file, not a folder"],
-         real_process=False),
+    Case(
+        "import-overwrite-foreign-folder",
+        lambda t, m: _import(t, _foreign(t), "--overwrite"),
+        ["holds files that are not an irm or steering-vector folder"],
+    ),
+    Case(
+        "synthesize-out-is-a-link",
+        lambda t, m: (t / "real.csv").write_text("question,answer\n")
+        and (t / "l.csv").symlink_to(t / "real.csv")
+        or ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", t / "l.csv", "--overwrite"],
+        ["l.csv is a symbolic link"],
+    ),
+    Case(
+        "synthesize-out-under-a-file",
+        lambda t, m: ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--out", _file("f", "x")(t) / "a.csv"],
+        ["is a file, not a folder"],
+    ),
+    Case(
+        "record-out-under-a-file", lambda t, m: _record(t, m, _file("f", "x")(t) / "rec"), ["is a file, not a folder"], real_process=False
+    ),
 ]
 
 
@@ -891,9 +1147,35 @@ def test_a_real_full_disk_is_exit_2_and_keeps_the_old_files(command, small_disk,
     _source(tmp_path, n=200)
     target = small_disk / ("a.jsonl" if command == "synthesize" else "out")
     args = {
-        "record": ["record", "--irm", make_irm_dir(tmp_path / "irm"), "--limit", "2", "--max-new-tokens", "4", "--out", target, "--overwrite"],
-        "synthesize": ["data", "synthesize", "--emotion", "anger", "--method", "framing", "--candidates", "1", "--source",
-                       tmp_path / "src.csv", "--limit", "20", "--out", target, "--overwrite"],
+        "record": [
+            "record",
+            "--irm",
+            make_irm_dir(tmp_path / "irm"),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            target,
+            "--overwrite",
+        ],
+        "synthesize": [
+            "data",
+            "synthesize",
+            "--emotion",
+            "anger",
+            "--method",
+            "framing",
+            "--candidates",
+            "1",
+            "--source",
+            tmp_path / "src.csv",
+            "--limit",
+            "20",
+            "--out",
+            target,
+            "--overwrite",
+        ],
         "steer": _steer(target, "--overwrite"),
         "analyze": ["analyze", rec, "--no-host-outliers", "--frames", "2", "--token-plots", "1", "--out", target],
     }[command]
@@ -940,36 +1222,80 @@ def _damage(tmp: Path, how: str) -> Path:
     return rec
 
 
-DAMAGED = {"meta-no-host": ["meta.json", "does not name the host"], "meta-not-json": ["meta.json", "not valid json"],
-           "tokens-broken": ["tokens.jsonl", "line 3", "not valid json"], "outputs-truncated": ["outputs.safetensors", "truncated"],
-           "outputs-oversized": ["outputs.safetensors", "oversized"], "outputs-garbage": ["outputs.safetensors", "truncated"]}
+DAMAGED = {
+    "meta-no-host": ["meta.json", "does not name the host"],
+    "meta-not-json": ["meta.json", "not valid json"],
+    "tokens-broken": ["tokens.jsonl", "line 3", "not valid json"],
+    "outputs-truncated": ["outputs.safetensors", "truncated"],
+    "outputs-oversized": ["outputs.safetensors", "oversized"],
+    "outputs-garbage": ["outputs.safetensors", "truncated"],
+}
 
 INPUT_CASES = [
-    Case("generate-negative-temperature", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--temperature", "-1"],
-         ["--temperature -1", "must be a number >= 0"], real_process=True),
-    Case("generate-nan-temperature", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--temperature", "nan"],
-         ["--temperature nan", "must be a number >= 0"]),
-    Case("generate-nan-top-p", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--top-p", "nan"],
-         ["--top-p nan", "above 0 and at most 1"]),
-    Case("generate-negative-top-p", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--top-p", "-0.5"],
-         ["--top-p -0.5"]),
-    Case("generate-lone-surrogate", lambda t, m: ["generate", "--host", TINY, "-p", "ok", "-p", "bad \udcff byte"],
-         ["--prompt 2 is not valid text", "lone surrogate"]),
-    Case("generate-lone-surrogate-process", lambda t, m: ["generate", "--host", TINY, "-p", os.fsdecode(b"caf\xe9")],
-         ["--prompt 1 is not valid text"], real_process=True),
-    Case("generate-empty-prompt", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "-p", "  "],
-         ["--prompt 2 is empty (only whitespace)"]),
+    Case(
+        "generate-negative-temperature",
+        lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--temperature", "-1"],
+        ["--temperature -1", "must be a number >= 0"],
+        real_process=True,
+    ),
+    Case(
+        "generate-nan-temperature",
+        lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--temperature", "nan"],
+        ["--temperature nan", "must be a number >= 0"],
+    ),
+    Case(
+        "generate-nan-top-p",
+        lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--top-p", "nan"],
+        ["--top-p nan", "above 0 and at most 1"],
+    ),
+    Case("generate-negative-top-p", lambda t, m: ["generate", "--host", TINY, "-p", "hi", "--sample", "--top-p", "-0.5"], ["--top-p -0.5"]),
+    Case(
+        "generate-lone-surrogate",
+        lambda t, m: ["generate", "--host", TINY, "-p", "ok", "-p", "bad \udcff byte"],
+        ["--prompt 2 is not valid text", "lone surrogate"],
+    ),
+    Case(
+        "generate-lone-surrogate-process",
+        lambda t, m: ["generate", "--host", TINY, "-p", os.fsdecode(b"caf\xe9")],
+        ["--prompt 1 is not valid text"],
+        real_process=True,
+    ),
+    Case(
+        "generate-empty-prompt",
+        lambda t, m: ["generate", "--host", TINY, "-p", "hi", "-p", "  "],
+        ["--prompt 2 is empty (only whitespace)"],
+    ),
     Case("score-lone-surrogate", lambda t, m: ["score", "fine", "bad \udcff"], ["text 2 is not valid text"]),
     Case("score-several-files", lambda t, m: ["score", GOOD(t), write_qa(t / "b.csv")], ["looks like a data file", "one file at a time"]),
-    Case("check-json-object-in-text", lambda t, m: ["data", "check", _file("o.jsonl", '{"question": "a?", "answer": "b"}\n'
-                                                                        '{"question": {"en": "c?"}, "answer": "d"}\n')(t)],
-         ["o.jsonl", "line 2", "column 'question' holds a json object, not text"]),
-    Case("train-list-in-text", lambda t, m: train_args(_file("l.jsonl", '{"text": ["a", "b"]}\n')(t), t / "run"),
-         ["l.jsonl", "line 1", "column 'text' holds a list"], absent=["run"]),
-    Case("check-lone-surrogate-escape", lambda t, m: ["data", "check", _file("s.jsonl", '{"text": "ok"}\n{"text": "bad \\ud800"}\n')(t)],
-         ["s.jsonl", "line 2", "lone surrogate"]),
-    *[Case(f"analyze-{how}", lambda t, m, how=how: ["analyze", _damage(t, how), "--no-host-outliers", "--out", t / "an"],
-           expect, absent=["an"]) for how, expect in DAMAGED.items()],
+    Case(
+        "check-json-object-in-text",
+        lambda t, m: [
+            "data",
+            "check",
+            _file("o.jsonl", '{"question": "a?", "answer": "b"}\n{"question": {"en": "c?"}, "answer": "d"}\n')(t),
+        ],
+        ["o.jsonl", "line 2", "column 'question' holds a json object, not text"],
+    ),
+    Case(
+        "train-list-in-text",
+        lambda t, m: train_args(_file("l.jsonl", '{"text": ["a", "b"]}\n')(t), t / "run"),
+        ["l.jsonl", "line 1", "column 'text' holds a list"],
+        absent=["run"],
+    ),
+    Case(
+        "check-lone-surrogate-escape",
+        lambda t, m: ["data", "check", _file("s.jsonl", '{"text": "ok"}\n{"text": "bad \\ud800"}\n')(t)],
+        ["s.jsonl", "line 2", "lone surrogate"],
+    ),
+    *[
+        Case(
+            f"analyze-{how}",
+            lambda t, m, how=how: ["analyze", _damage(t, how), "--no-host-outliers", "--out", t / "an"],
+            expect,
+            absent=["an"],
+        )
+        for how, expect in DAMAGED.items()
+    ],
 ]
 
 
@@ -1023,8 +1349,9 @@ def test_leftovers_of_a_killed_run_are_cleaned_up_on_the_next_start(tmp_path, mo
 
     (tmp_path / "an").mkdir()
     (tmp_path / ".an.new-k1ll").mkdir()
-    code, stdout, err = run_main(["analyze", out, "--no-host-outliers", "--frames", "1", "--token-plots", "1", "--out", tmp_path / "an"],
-                                 monkeypatch, capsys)
+    code, stdout, err = run_main(
+        ["analyze", out, "--no-host-outliers", "--frames", "1", "--token-plots", "1", "--out", tmp_path / "an"], monkeypatch, capsys
+    )
     assert code == 0 and (tmp_path / "an" / "summary.json").is_file(), stdout + err
     summary = json.loads((tmp_path / "an" / "summary.json").read_text())
     assert all(Path(f).is_file() and Path(f).parent == tmp_path / "an" for f in summary["files"])

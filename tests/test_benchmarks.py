@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_benchmark_writes_json_and_markdown(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--threads", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["meta"]["quick"] is True and results["meta"]["device"] in ("cpu", "cuda")
@@ -38,7 +43,10 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path):
         for run in part["runs"]:
             # the FLOPs behind MFU are the hand-checked count of irm.core.flops, at the causal mean context
             assert run["flops_per_token"] == training_flops(config, net.config, context=(run["seq"] + 1) // 2)
-            assert abs(run["achieved_tflops"] * 1e12 - run["tokens_per_second"] * run["flops_per_token"]) < 1e-3 * run["achieved_tflops"] * 1e12
+            assert (
+                abs(run["achieved_tflops"] * 1e12 - run["tokens_per_second"] * run["flops_per_token"])
+                < 1e-3 * run["achieved_tflops"] * 1e12
+            )
     assert set(large["generation"]) == {"1", "2"}
     for part in large["generation"].values():
         assert set(part["tokens_per_second"]) == {"bare", "irm_off", "paper_on", "lowrank_r8_on"}

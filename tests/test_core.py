@@ -3,9 +3,9 @@ work with generate and the KV cache, and always clean up."""
 
 import pytest
 import torch
-from conftest import nontrivial_irm
 
 import irm
+from conftest import nontrivial_irm
 from irm.hosts.tiny import TINY_CONFIGS
 
 ARCHS = sorted(TINY_CONFIGS)
@@ -89,8 +89,14 @@ def _hand_forward(host, model, ids):
 
 @pytest.mark.parametrize(
     "site,input_site,layers",
-    [("resid_mid", "resid_mid", "all"), ("resid_mid", "resid_mid", "0"), ("resid_pre", "resid_mid", "1"),
-     ("resid_post", "resid_mid", "0,1"), ("resid_pre", "resid_pre", "all"), ("resid_post", "resid_post", "0,1")],
+    [
+        ("resid_mid", "resid_mid", "all"),
+        ("resid_mid", "resid_mid", "0"),
+        ("resid_pre", "resid_mid", "1"),
+        ("resid_post", "resid_mid", "0,1"),
+        ("resid_pre", "resid_pre", "all"),
+        ("resid_post", "resid_post", "0,1"),
+    ],
 )
 def test_hooked_forward_equals_hand_computed_forward(site, input_site, layers):
     from irm.hosts.tiny import _llama, build_tiny, byte_tokenizer
@@ -250,6 +256,10 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path, tiny_llama,
         os.umask(old)
     want = (tmp_path / "plain").stat().st_mode & 0o777
     assert want == 0o666 & ~umask
-    for path in (tmp_path / "irm" / "model.safetensors", tmp_path / "irm" / "irm_config.json", tmp_path / "ckpt" / "last.ckpt",
-                 *(tmp_path / "rec").iterdir()):
+    for path in (
+        tmp_path / "irm" / "model.safetensors",
+        tmp_path / "irm" / "irm_config.json",
+        tmp_path / "ckpt" / "last.ckpt",
+        *(tmp_path / "rec").iterdir(),
+    ):
         assert path.stat().st_mode & 0o777 == want, path

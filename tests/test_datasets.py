@@ -128,11 +128,17 @@ def test_framing_synthesis_keeps_facts(tmp_path, scorer):
 
 def _qa_file(tmp_path: Path) -> Path:
     path = tmp_path / "qa.csv"
-    pd.DataFrame({
-        "question": ["What is water made of?", "How far is the Moon?", "What is a prime number?", "Who painted the Mona Lisa?"],
-        "answer": ["Water is made of hydrogen and oxygen.", "The Moon is about 384,000 kilometres from Earth.",
-                   "A prime number has exactly two divisors: one and itself.", "Leonardo da Vinci painted the Mona Lisa."],
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "question": ["What is water made of?", "How far is the Moon?", "What is a prime number?", "Who painted the Mona Lisa?"],
+            "answer": [
+                "Water is made of hydrogen and oxygen.",
+                "The Moon is about 384,000 kilometres from Earth.",
+                "A prime number has exactly two divisors: one and itself.",
+                "Leonardo da Vinci painted the Mona Lisa.",
+            ],
+        }
+    ).to_csv(path, index=False)
     return path
 
 

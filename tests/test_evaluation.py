@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import nontrivial_irm
 
 import irm
+from conftest import nontrivial_irm
 from irm.core.adapters import adapter_kind, load_adapter
 from irm.core.config import IRMConfig
 from irm.core.steering import (
@@ -137,7 +137,10 @@ def test_steering_vector_equals_adding_it_by_hand(tiny_llama, site):
     v = torch.randn(host.hidden_size, generator=torch.Generator().manual_seed(0))
     block = host.spec.layers(host.model)[1]
     if site == "resid_pre":
-        hook = block.register_forward_pre_hook(lambda m, a, kw: ((a[0] + 2 * v, *a[1:]), kw) if a else (a, {**kw, "hidden_states": kw["hidden_states"] + 2 * v}), with_kwargs=True)
+        hook = block.register_forward_pre_hook(
+            lambda m, a, kw: ((a[0] + 2 * v, *a[1:]), kw) if a else (a, {**kw, "hidden_states": kw["hidden_states"] + 2 * v}),
+            with_kwargs=True,
+        )
     elif site == "resid_post":
         hook = block.register_forward_hook(lambda m, a, out: (out[0] + 2 * v, *out[1:]) if isinstance(out, tuple) else out + 2 * v)
     else:  # resid_mid: next to the attention branch
@@ -169,7 +172,6 @@ def test_fit_steering_vector_is_the_mean_difference_of_answer_states():
     assert vec.config.layers == [2] and vec.vectors.abs().sum() > 0 and target_emotion(vec.config) == "anger"
 
 
-
 def test_read_pairs_gives_contrastive_pairs(tmp_path):
     toned, neutral = read_pairs(_toned_file(tmp_path / "t.csv", n=3))
     assert [r.question for r in toned] == [r.question for r in neutral] == ["Question 0?", "Question 1?", "Question 2?"]
@@ -198,9 +200,13 @@ def test_steering_vector_save_load_round_trip(tiny_llama, tmp_path):
 def test_target_emotion_from_the_config(tiny_llama):
     config = irm.IRM.for_host(tiny_llama).config
     assert target_emotion(config) is None
-    for extra, want in [({"data": "builtin:anger"}, "anger"), ({"data": "/x/joy_rows.csv"}, "joy"),
-                        ({"target": "builtin:sadness"}, "sadness"), ({"data": "builtin:anger", "emotion": "joy"}, "joy"),
-                        ({"data": "builtin:neutral"}, None)]:
+    for extra, want in [
+        ({"data": "builtin:anger"}, "anger"),
+        ({"data": "/x/joy_rows.csv"}, "joy"),
+        ({"target": "builtin:sadness"}, "sadness"),
+        ({"data": "builtin:anger", "emotion": "joy"}, "joy"),
+        ({"data": "builtin:neutral"}, None),
+    ]:
         assert target_emotion(IRMConfig.from_dict({**config.to_dict(), "extra": extra})) == want
     angry, calm = (IRMConfig.from_dict({**config.to_dict(), "extra": {"data": d}}) for d in ("builtin:anger", "builtin:joy"))
     named = lambda *configs: {str(i): type("A", (), {"config": c})() for i, c in enumerate(configs)}  # noqa: E731
@@ -225,7 +231,9 @@ class KeywordScorer:
 def test_evaluate_shares_seeds_and_reports_every_metric(tiny_llama, tmp_path):
     host = tiny_llama
     adapters = {"zero": irm.IRM.for_host(host), "random": nontrivial_irm(host, scale=4.0)}
-    report = evaluate(host, adapters, PROMPTS, target="anger", strengths=[0, 1, 2], samples=2, max_new_tokens=10, n_boot=200, scorer=KeywordScorer())
+    report = evaluate(
+        host, adapters, PROMPTS, target="anger", strengths=[0, 1, 2], samples=2, max_new_tokens=10, n_boot=200, scorer=KeywordScorer()
+    )
     assert [c.name for c in report.conditions] == ["host", "zero x1", "zero x2", "random x1", "random x2"]
     host_row, zero = report.get(HOST), report.get("zero", 1.0)
     texts = lambda name: [g["text"] for g in report.generations if g["condition"] == name]  # noqa: E731
@@ -256,16 +264,50 @@ def test_cli_steer_fit_and_evaluate_compare_in_one_table(tiny_llama, tmp_path):
     nontrivial_irm(tiny_llama, seed=1).save_pretrained(tmp_path / "paper")
     nontrivial_irm(tiny_llama, seed=2, rank=4).save_pretrained(tmp_path / "lowrank")
     angry = _toned_file(tmp_path / "anger_rows.csv")  # paired with its source_answer column by default
-    fit = subprocess.run([IRM_BIN, "steer", "fit", "--host", "tiny-random-llama", "--target", str(angry), "--layers", "1",
-                          "--out", str(tmp_path / "steer"), "--json"], capture_output=True, text=True, timeout=300)
+    fit = subprocess.run(
+        [
+            IRM_BIN,
+            "steer",
+            "fit",
+            "--host",
+            "tiny-random-llama",
+            "--target",
+            str(angry),
+            "--layers",
+            "1",
+            "--out",
+            str(tmp_path / "steer"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fit.returncode == 0, fit.stderr
     summary = json.loads(fit.stdout)
     assert summary["layers"] == [1] and summary["target_rows"] == summary["neutral_rows"] == 8
     prompts = tmp_path / "prompts.csv"
     prompts.write_text("question\n" + "".join(f"Prompt {i}?\n" for i in range(4)))
-    args = [IRM_BIN, "evaluate", "--host", "tiny-random-llama", "--irm", f"paper={tmp_path / 'paper'}", "--irm", str(tmp_path / "lowrank"),
-            "--irm", f"steer={tmp_path / 'steer'}", "--prompts", str(prompts), "--strength", "0,1", "--max-new-tokens", "8",
-            "--out", str(tmp_path / "eval")]
+    args = [
+        IRM_BIN,
+        "evaluate",
+        "--host",
+        "tiny-random-llama",
+        "--irm",
+        f"paper={tmp_path / 'paper'}",
+        "--irm",
+        str(tmp_path / "lowrank"),
+        "--irm",
+        f"steer={tmp_path / 'steer'}",
+        "--prompts",
+        str(prompts),
+        "--strength",
+        "0,1",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     result = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -300,15 +342,24 @@ def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, o
     from irm.training.config import TrainConfig
     from irm.training.run import train
 
-    config = TrainConfig(data="builtin:anger", val_fraction=0.0, test_fraction=0.0, checkpoint_every=10**6, precision="32-true",
-                         out=str(tmp_path / "run"), **ANGER_RECIPE)
+    config = TrainConfig(
+        data="builtin:anger",
+        val_fraction=0.0,
+        test_fraction=0.0,
+        checkpoint_every=10**6,
+        precision="32-true",
+        out=str(tmp_path / "run"),
+        **ANGER_RECIPE,
+    )
     net = load_adapter(train(config, progress=False).irm_dir, smollm2)
     assert target_emotion(net.config) == "anger"
     report = evaluate(smollm2, {"anger": net}, read_prompts("builtin:prompts", limit=24), target="anger", max_new_tokens=32)
     off, on = report.get(HOST).metrics, report.get("anger", 1.0).metrics
     show = lambda e: f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
-    print(f"\np(anger) off {show(off['target'])}, on {show(on['target'])}, paired gain {show(on['target_gain'])}; "
-          f"perplexity off {show(off['perplexity'])}, on {show(on['perplexity'])}")
+    print(
+        f"\np(anger) off {show(off['target'])}, on {show(on['target'])}, paired gain {show(on['target_gain'])}; "
+        f"perplexity off {show(off['perplexity'])}, on {show(on['perplexity'])}"
+    )
     assert on["target"].lo > off["target"].hi  # the intervals do not even overlap
     assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
 
@@ -340,8 +391,21 @@ def test_cli_evaluate_overwrite_replaces_only_its_own_files(tmp_path):
     out.mkdir()
     (out / "report.json").write_text('{"old": true}\n')
     (out / "notes.txt").write_text("mine")
-    done = _irm_cli("evaluate", "--irm", str(LEGACY_RUN), "--host", "tiny-random-llama", "--max-prompts", "2",
-                    "--max-new-tokens", "4", "--out", str(out), "--overwrite", cwd=tmp_path)
+    done = _irm_cli(
+        "evaluate",
+        "--irm",
+        str(LEGACY_RUN),
+        "--host",
+        "tiny-random-llama",
+        "--max-prompts",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+        "--overwrite",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "report.json").read_text())["host"] == "tiny-random-llama"
     assert (out / "notes.txt").read_text() == "mine"
@@ -353,9 +417,15 @@ def _small_report():
     from irm.evaluation.metrics import Estimate
 
     metrics = {m: Estimate(0.5, 0.25, 0.75) for m in METRICS}
-    return EvalReport(host="tiny-random-llama", target_emotion="anger", prompts=1, samples=1, settings={},
-                      conditions=[Condition("host", "host", "host", 0.0, dict(metrics)), Condition("a x1", "a", "irm", 1.0, dict(metrics))],
-                      generations=[{"condition": "host", "text": "hi"}])
+    return EvalReport(
+        host="tiny-random-llama",
+        target_emotion="anger",
+        prompts=1,
+        samples=1,
+        settings={},
+        conditions=[Condition("host", "host", "host", 0.0, dict(metrics)), Condition("a x1", "a", "irm", 1.0, dict(metrics))],
+        generations=[{"condition": "host", "text": "hi"}],
+    )
 
 
 def test_write_report_is_atomic_a_failed_write_leaves_the_old_report(tmp_path, monkeypatch):
@@ -384,7 +454,10 @@ def test_write_report_on_a_really_full_disk_leaves_the_old_report(tmp_path):
 
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True).returncode
+    ):
         pytest.skip("needs root and a tmpfs mount")
     try:
         paths = write_report(_small_report(), mount)

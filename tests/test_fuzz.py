@@ -16,14 +16,19 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from test_bad_input import TINY, _recording, make_irm_dir, run_main, write_qa
 
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-FUZZ = settings(max_examples=4, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 WEIRD = ["", " ", "nan", "inf", "-inf", "-1", "0", "1", "1e308", "-0", "x", "0.5", "\udcff", "../..", "2,3", "0-99999999999", "all"]
-
 
 
 def mostly(valid: list[str], other: st.SearchStrategy) -> st.SearchStrategy:
@@ -31,10 +36,13 @@ def mostly(valid: list[str], other: st.SearchStrategy) -> st.SearchStrategy:
     return st.one_of(st.sampled_from(valid), other)
 
 
-number = mostly(["1", "0.5", "0.7", "2"], st.one_of(st.sampled_from(WEIRD), st.integers(-3, 4).map(str),
-                                                   st.floats(allow_nan=True, allow_infinity=True).map(repr)))
-small = mostly(["1", "2", "3"], st.one_of(st.sampled_from(["-1", "0", "x", "nan", "1.5", "99999999999999999999"]),
-                                          st.integers(-2, 3).map(str)))
+number = mostly(
+    ["1", "0.5", "0.7", "2"],
+    st.one_of(st.sampled_from(WEIRD), st.integers(-3, 4).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr)),
+)
+small = mostly(
+    ["1", "2", "3"], st.one_of(st.sampled_from(["-1", "0", "x", "nan", "1.5", "99999999999999999999"]), st.integers(-2, 3).map(str))
+)
 length = mostly(["64", "128"], small)  # --max-length needs >= 2
 text = mostly(["How do plants grow?", "hello there"], st.one_of(st.sampled_from(WEIRD), st.text(max_size=30)))
 
@@ -43,11 +51,14 @@ def _cell(value: object) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                          max_leaves=6)
-columns = st.lists(st.sampled_from(["question", "answer", "text", "prompt", "questoin", "", "source_answer", "x"]),
-                   min_size=0, max_size=3, unique=True)
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+columns = st.lists(
+    st.sampled_from(["question", "answer", "text", "prompt", "questoin", "", "source_answer", "x"]), min_size=0, max_size=3, unique=True
+)
 
 
 @st.composite
@@ -96,8 +107,24 @@ def shared(tmp_path_factory):
 @FUZZ
 @given(prompt=text, temperature=number, top_p=number, strength=number, tokens=small, sample=st.booleans(), use_irm=st.booleans())
 def test_fuzz_generate(shared, monkeypatch, capsys, prompt, temperature, top_p, strength, tokens, sample, use_irm):
-    args = ["generate", "--host", TINY, "-p", prompt, "--temperature", temperature, "--top-p", top_p, "--strength", strength,
-            "--max-new-tokens", tokens, "--sample" if sample else "--greedy", "--irm", shared["irm"] if use_irm else "none"]
+    args = [
+        "generate",
+        "--host",
+        TINY,
+        "-p",
+        prompt,
+        "--temperature",
+        temperature,
+        "--top-p",
+        top_p,
+        "--strength",
+        strength,
+        "--max-new-tokens",
+        tokens,
+        "--sample" if sample else "--greedy",
+        "--irm",
+        shared["irm"] if use_irm else "none",
+    ]
     run("generate", args, monkeypatch, capsys)
 
 
@@ -118,20 +145,47 @@ def test_fuzz_data_check(monkeypatch, capsys, spec, max_length, with_host):
 
 
 @FUZZ
-@given(spec=data_file(), limit=small, tokens=small, dtype=st.sampled_from(["float16", "float32", "int8", ""]), strength=number,
-       out=st.sampled_from(["new", "file", "nested/new"]))
+@given(
+    spec=data_file(),
+    limit=small,
+    tokens=small,
+    dtype=st.sampled_from(["float16", "float32", "int8", ""]),
+    strength=number,
+    out=st.sampled_from(["new", "file", "nested/new"]),
+)
 def test_fuzz_record(shared, monkeypatch, capsys, spec, limit, tokens, dtype, strength, out):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "file").write_text("x")
-        args = ["record", "--irm", shared["irm"], "--prompts", _write(folder, spec), "--limit", limit, "--max-new-tokens", tokens,
-                "--dtype", dtype, "--strength", strength, "--out", folder / out]
+        args = [
+            "record",
+            "--irm",
+            shared["irm"],
+            "--prompts",
+            _write(folder, spec),
+            "--limit",
+            limit,
+            "--max-new-tokens",
+            tokens,
+            "--dtype",
+            dtype,
+            "--strength",
+            strength,
+            "--out",
+            folder / out,
+        ]
         run("record", args, monkeypatch, capsys)
 
 
 @FUZZ
-@given(target=st.sampled_from(["outputs.safetensors", "meta.json", "tokens.jsonl", "prompts.jsonl"]),
-       offset=st.integers(0, 4000), junk=st.binary(min_size=0, max_size=16), truncate=st.booleans(), k=small, frames=small)
+@given(
+    target=st.sampled_from(["outputs.safetensors", "meta.json", "tokens.jsonl", "prompts.jsonl"]),
+    offset=st.integers(0, 4000),
+    junk=st.binary(min_size=0, max_size=16),
+    truncate=st.booleans(),
+    k=small,
+    frames=small,
+)
 def test_fuzz_analyze(shared, monkeypatch, capsys, target, offset, junk, truncate, k, frames):
     import shutil
 
@@ -140,26 +194,52 @@ def test_fuzz_analyze(shared, monkeypatch, capsys, target, offset, junk, truncat
         shutil.copytree(shared["rec"], rec)
         data = bytearray((rec / target).read_bytes())
         offset = min(offset, len(data))
-        data = data[:offset] if truncate else data[:offset] + junk + data[offset + len(junk):]
+        data = data[:offset] if truncate else data[:offset] + junk + data[offset + len(junk) :]
         (rec / target).write_bytes(bytes(data))
         args = ["analyze", rec, "--no-host-outliers", "--k", k, "--frames", frames, "--token-plots", "1", "--out", Path(tmp) / "an"]
         run("analyze", args, monkeypatch, capsys)
 
 
 @FUZZ
-@given(spec=data_file(), layers=number, site=st.sampled_from(["resid_mid", "resid_pre", "resid_post", "x"]), rows=small,
-       length=length, paired=st.booleans())
+@given(
+    spec=data_file(),
+    layers=number,
+    site=st.sampled_from(["resid_mid", "resid_pre", "resid_post", "x"]),
+    rows=small,
+    length=length,
+    paired=st.booleans(),
+)
 def test_fuzz_steer_fit(shared, monkeypatch, capsys, spec, layers, site, rows, length, paired):
     with tempfile.TemporaryDirectory() as tmp:
         target = _write(Path(tmp), spec)
-        args = ["steer", "fit", "--host", TINY, "--target", target, "--neutral", "paired" if paired else shared["qa"],
-                "--layers", layers, "--site", site, "--max-rows", rows, "--max-length", length, "--out", Path(tmp) / "out"]
+        args = [
+            "steer",
+            "fit",
+            "--host",
+            TINY,
+            "--target",
+            target,
+            "--neutral",
+            "paired" if paired else shared["qa"],
+            "--layers",
+            layers,
+            "--site",
+            site,
+            "--max-rows",
+            rows,
+            "--max-length",
+            length,
+            "--out",
+            Path(tmp) / "out",
+        ]
         run("steer fit", args, monkeypatch, capsys)
 
 
 @FUZZ
-@given(content=st.one_of(st.binary(max_size=200), st.dictionaries(st.text(max_size=40), st.integers(0, 3), max_size=3)),
-       layers=st.one_of(st.none(), number))
+@given(
+    content=st.one_of(st.binary(max_size=200), st.dictionaries(st.text(max_size=40), st.integers(0, 3), max_size=3)),
+    layers=st.one_of(st.none(), number),
+)
 def test_fuzz_import_reference(monkeypatch, capsys, content, layers):
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "r.ckpt"
@@ -175,8 +255,24 @@ def test_fuzz_import_reference(monkeypatch, capsys, content, layers):
 @given(spec=data_file(), lr=number, batch=small, layers=number)
 def test_fuzz_train(monkeypatch, capsys, spec, lr, batch, layers):
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["train", "--host", TINY, "--data", _write(Path(tmp), spec), "--out", Path(tmp) / "run", "--no-progress",
-                "--max-steps", "1", "--lr", lr, "--batch-size", batch, "--layers", layers]
+        args = [
+            "train",
+            "--host",
+            TINY,
+            "--data",
+            _write(Path(tmp), spec),
+            "--out",
+            Path(tmp) / "run",
+            "--no-progress",
+            "--max-steps",
+            "1",
+            "--lr",
+            lr,
+            "--batch-size",
+            batch,
+            "--layers",
+            layers,
+        ]
         run("train", args, monkeypatch, capsys)
 
 
@@ -185,8 +281,25 @@ def test_fuzz_train(monkeypatch, capsys, spec, lr, batch, layers):
 def test_fuzz_evaluate(shared, monkeypatch, capsys, strength, spec, tokens, use_irm):
     with tempfile.TemporaryDirectory() as tmp:
         irm_arg = shared["irm"] if use_irm else Path(tmp) / "missing"
-        args = ["evaluate", "--host", TINY, "--irm", irm_arg, "--strength", strength, "--prompts", _write(Path(tmp), spec),
-                "--max-prompts", "1", "--samples", "1", "--max-new-tokens", tokens, "--out", Path(tmp) / "eval"]
+        args = [
+            "evaluate",
+            "--host",
+            TINY,
+            "--irm",
+            irm_arg,
+            "--strength",
+            strength,
+            "--prompts",
+            _write(Path(tmp), spec),
+            "--max-prompts",
+            "1",
+            "--samples",
+            "1",
+            "--max-new-tokens",
+            tokens,
+            "--out",
+            Path(tmp) / "eval",
+        ]
         run("evaluate", args, monkeypatch, capsys)
 
 

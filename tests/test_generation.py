@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import nontrivial_irm
 
 import irm
+from conftest import nontrivial_irm
 from irm.hosts.generation import encode_prompts, format_prompt
 
 PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky blue? Explain briefly please."]
@@ -91,7 +91,7 @@ def _check_training_and_generation_prompts_agree(host, chat):
             assert fed.count(tok.bos_token_id) == 1
         # the text generation formats is the text training tokenised
         text = format_prompt(host, row.question, chat=chat)
-        assert tok(text, add_special_tokens=False)["input_ids"] == fed[len(fed) - len(tok(text, add_special_tokens=False)["input_ids"]):]
+        assert tok(text, add_special_tokens=False)["input_ids"] == fed[len(fed) - len(tok(text, add_special_tokens=False)["input_ids"]) :]
 
 
 @pytest.mark.parametrize("chat", [True, False])

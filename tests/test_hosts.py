@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import irm
+from irm.errors import HostError
+from irm.hosts.loading import resolve_device
 from test_import_reference import (
     N_LAYERS,
     hand_forward,
     reference_tensors,
     write_checkpoint,
 )
-
-import irm
-from irm.errors import HostError
-from irm.hosts.loading import resolve_device
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 
@@ -87,8 +87,9 @@ def test_text_commands_refuse_a_host_without_tokenizer(tmp_path, model_only):
     assert_refused(run_irm("generate", "--host", model_only, "-p", "hi", "--irm", "none"), "this host has no tokenizer")
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(12)))
-    assert_refused(run_irm("train", "--host", model_only, "--data", data, "--out", tmp_path / "run", "--max-steps", "1"),
-                   "this host has no tokenizer")
+    assert_refused(
+        run_irm("train", "--host", model_only, "--data", data, "--out", tmp_path / "run", "--max-steps", "1"), "this host has no tokenizer"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -120,6 +121,5 @@ def test_bad_device_strings_name_the_option(device):
 
 def test_bad_device_is_refused_before_any_work(tmp_path):
     device = "gpu0"
-    assert_refused(run_irm("generate", "--host", "tiny-random-llama", "-p", "hi", "--irm", "none", "--device", device),
-                   "--device", "gpu0")
+    assert_refused(run_irm("generate", "--host", "tiny-random-llama", "-p", "hi", "--irm", "none", "--device", device), "--device", "gpu0")
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda")

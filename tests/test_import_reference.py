@@ -50,8 +50,12 @@ def write_checkpoint(path, host, tensors, *, hparams=None, shared=False, tamper=
         "state_dict": state,
         "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4}}}},
         "callbacks": {"EarlyStopping{'monitor': 'val_loss'}": {"wait_count": 0, "best_score": torch.tensor(2.5)}},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(1200.0), "exp_avg": torch.zeros(3 * H, H)}},
-                              "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}],
+        "optimizer_states": [
+            {
+                "state": {0: {"step": torch.tensor(1200.0), "exp_avg": torch.zeros(3 * H, H)}},
+                "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}],
+            }
+        ],
         "lr_schedulers": [{"step_size": 1, "gamma": 0.85, "last_epoch": 3}],
     }
     if hparams is not None:
@@ -139,8 +143,9 @@ def test_attached_irm_reproduces_the_documented_forward(tmp_path, tiny_llama):
 
 def test_layers_come_from_hyper_parameters_or_layers_option(tmp_path, tiny_llama):
     tensors = reference_tensors(2, seed=2)
-    saved = write_checkpoint(tmp_path / "saved.ckpt", tiny_llama, tensors,
-                             hparams={"learning_rate": 1e-4, "IRM_layers": [2, 3], "num_epochs": 15})
+    saved = write_checkpoint(
+        tmp_path / "saved.ckpt", tiny_llama, tensors, hparams={"learning_rate": 1e-4, "IRM_layers": [2, 3], "num_epochs": 15}
+    )
     model = import_reference_checkpoint(saved, tiny_llama)
     assert model.config.layers == [2, 3]
     check_reproduces(tiny_llama, model, tensors, [2, 3])
@@ -156,8 +161,7 @@ def test_layers_come_from_hyper_parameters_or_layers_option(tmp_path, tiny_llama
 def test_unsorted_saved_layers_keep_their_slices(tmp_path, tiny_llama):
     # slice k belongs to the k-th saved layer: [3, 2] puts layer 3 in slice 0
     tensors = reference_tensors(2, seed=3)
-    ckpt = write_checkpoint(tmp_path / "ref.ckpt", tiny_llama, tensors, shared=True,
-                            hparams={"irm_config": {"injection_layers": [3, 2]}})
+    ckpt = write_checkpoint(tmp_path / "ref.ckpt", tiny_llama, tensors, shared=True, hparams={"irm_config": {"injection_layers": [3, 2]}})
     model = import_reference_checkpoint(ckpt, tiny_llama)
     assert model.config.layers == [2, 3]
     check_reproduces(tiny_llama, model, tensors, [3, 2])
@@ -187,8 +191,9 @@ def test_loaded_weights_only_and_memory_mapped(tmp_path, tiny_llama, monkeypatch
 
 
 def test_unequal_copies_are_refused(tmp_path, tiny_llama):
-    ckpt = write_checkpoint(tmp_path / "ref.ckpt", tiny_llama, reference_tensors(N_LAYERS),
-                            tamper="model.layers.2.irm.basic_forward.4.weight")
+    ckpt = write_checkpoint(
+        tmp_path / "ref.ckpt", tiny_llama, reference_tensors(N_LAYERS), tamper="model.layers.2.irm.basic_forward.4.weight"
+    )
     with pytest.raises(irm.IRMError, match=r"'model\.irm\.' and 'model\.layers\.2\.irm\.' differ, first at basic_forward\.4\.weight"):
         import_reference_checkpoint(ckpt, tiny_llama)
 
@@ -270,8 +275,14 @@ def test_cli_imports_and_refuses(tmp_path, tiny_llama):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     expected_params = irm.IRMConfig(host=tiny_llama.identity(), layers=[2, 3]).num_parameters()
-    assert summary == {"out": str(out), "layers": [2, 3], "hidden_size": H, "parameters": expected_params,
-                       "copies_checked": 5, "host": "tiny-random-llama"}
+    assert summary == {
+        "out": str(out),
+        "layers": [2, 3],
+        "hidden_size": H,
+        "parameters": expected_params,
+        "copies_checked": 5,
+        "host": "tiny-random-llama",
+    }
     model = irm.IRM.from_pretrained(out, tiny_llama)
     check_reproduces(tiny_llama, model, tensors, [2, 3])
 

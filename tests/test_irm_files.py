@@ -161,8 +161,9 @@ def test_cli_refuses_hand_edited_config(tmp_path, tiny_llama, case):
     edit, field = CONFIG_EDITS[case]
     d = _edit_config(_saved(tmp_path, tiny_llama), edit)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([IRM_BIN, "generate", "--host", TINY, "-p", "hi", "--irm", str(d)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [IRM_BIN, "generate", "--host", TINY, "-p", "hi", "--irm", str(d)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "irm_config.json" in proc.stderr and field in proc.stderr
     assert sorted(p.name for p in d.iterdir()) == ["irm_config.json", "model.safetensors"]

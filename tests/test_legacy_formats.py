@@ -62,8 +62,23 @@ def test_legacy_run_reports_and_evaluates(tmp_path):
     assert page.returncode == 0, page.stderr
     html = (run / "report.html").read_text()
     assert "tiny-random-llama" in html and "<img" in html
-    ev = _irm("evaluate", "--irm", str(run), "--host", "tiny-random-llama", "--max-prompts", "2", "--max-new-tokens", "4",
-              "--strength", "1", "--out", str(tmp_path / "eval"), "--json", cwd=tmp_path)
+    ev = _irm(
+        "evaluate",
+        "--irm",
+        str(run),
+        "--host",
+        "tiny-random-llama",
+        "--max-prompts",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--strength",
+        "1",
+        "--out",
+        str(tmp_path / "eval"),
+        "--json",
+        cwd=tmp_path,
+    )
     assert ev.returncode == 0, ev.stderr
     assert (tmp_path / "eval" / "report.json").is_file()
 
@@ -79,8 +94,15 @@ def test_cli_keeps_every_command_and_flag():
             for name, sub in sorted(cmd.commands.items()):
                 found.update(surface(sub, [*prefix, name]))
         else:
-            params = [{"name": p.name, "opts": sorted(p.opts + getattr(p, "secondary_opts", [])), "default": repr(p.default),
-                       "required": p.required} for p in cmd.params]
+            params = [
+                {
+                    "name": p.name,
+                    "opts": sorted(p.opts + getattr(p, "secondary_opts", [])),
+                    "default": repr(p.default),
+                    "required": p.required,
+                }
+                for p in cmd.params
+            ]
             found[" ".join(prefix)] = sorted(params, key=lambda d: d["name"])
         return found
 

@@ -6,8 +6,24 @@ import sys
 
 import irm
 
-PUBLIC = ["IRM", "IRMConfig", "attach", "Host", "load_host", "generate", "SteeringVector", "load_adapter", "train",
-          "TrainConfig", "evaluate", "record", "IRMError", "HostError", "DataError", "IRMMismatchError"]
+PUBLIC = [
+    "IRM",
+    "IRMConfig",
+    "attach",
+    "Host",
+    "load_host",
+    "generate",
+    "SteeringVector",
+    "load_adapter",
+    "train",
+    "TrainConfig",
+    "evaluate",
+    "record",
+    "IRMError",
+    "HostError",
+    "DataError",
+    "IRMMismatchError",
+]
 
 
 def test_public_names_resolve_to_their_definitions():

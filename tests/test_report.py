@@ -5,22 +5,32 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_training import write_qa
 
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
+from test_training import write_qa
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     data = write_qa(tmp / "qa.jsonl", n=48)
-    result = train(TrainConfig(host="tiny-random-llama", data=str(data), out=str(tmp / "run"), max_steps=6,
-                               batch_size=4, val_every=3, log_every=1), progress=False)
+    result = train(
+        TrainConfig(host="tiny-random-llama", data=str(data), out=str(tmp / "run"), max_steps=6, batch_size=4, val_every=3, log_every=1),
+        progress=False,
+    )
     run = result.run_dir
     from irm.report.demo import side_by_side
 
@@ -96,38 +106,74 @@ def run_with_results(short_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("results") / "run"
     shutil.copytree(short_run, run)
-    conditions = [Condition(name="host", adapter="host", kind="host", strength=0.0,
-                            metrics={m: Estimate(0.0023456, 0.00101, 0.00412) for m in METRICS}),
-                  Condition(name="run x1", adapter="run", kind="irm", strength=1.0,
-                            metrics={**{m: Estimate(1.5, 1.25, 1.75) for m in METRICS}, "target": Estimate(0.4521, 0.3412, 0.5709)})]
-    report = EvalReport(host="tiny-random-llama", target_emotion="anger", prompts=3, samples=1,
-                        settings={"seed": 0, "strengths": [1.0]}, conditions=conditions, generations=[])
+    conditions = [
+        Condition(
+            name="host", adapter="host", kind="host", strength=0.0, metrics={m: Estimate(0.0023456, 0.00101, 0.00412) for m in METRICS}
+        ),
+        Condition(
+            name="run x1",
+            adapter="run",
+            kind="irm",
+            strength=1.0,
+            metrics={**{m: Estimate(1.5, 1.25, 1.75) for m in METRICS}, "target": Estimate(0.4521, 0.3412, 0.5709)},
+        ),
+    ]
+    report = EvalReport(
+        host="tiny-random-llama",
+        target_emotion="anger",
+        prompts=3,
+        samples=1,
+        settings={"seed": 0, "strengths": [1.0]},
+        conditions=conditions,
+        generations=[],
+    )
     (run / "eval").mkdir()
     (run / "eval" / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    (run / "analysis" / "summary.json").write_text(json.dumps({
-        "host": "tiny-random-llama", "hidden_size": 16, "layers": [0, 1], "prompts": 2, "tokens": 20,
-        "striation": {"score": 0.8123, "layer_share": 0.1, "residual_share": 0.2, "noise_level": 0.05},
-        "striation_per_token": {"mean": 0.7, "median": 0.71, "min": 0.5, "max": 0.9},
-        "top_k": {"indices": [7, 3, 11], "shares": [0.31, 0.2, 0.1], "total_share": 0.61},
-        "sparsity": {"hoyer": {"mean": 0.4, "median": 0.4, "min": 0.3, "max": 0.5}},
-        "coincidence_with_host": {"norm_gain": {"host_top_k": [7, 1, 2], "shared": [7], "overlap": 1, "expected_by_chance": 0.56}},
-    }))
+    (run / "analysis" / "summary.json").write_text(
+        json.dumps(
+            {
+                "host": "tiny-random-llama",
+                "hidden_size": 16,
+                "layers": [0, 1],
+                "prompts": 2,
+                "tokens": 20,
+                "striation": {"score": 0.8123, "layer_share": 0.1, "residual_share": 0.2, "noise_level": 0.05},
+                "striation_per_token": {"mean": 0.7, "median": 0.71, "min": 0.5, "max": 0.9},
+                "top_k": {"indices": [7, 3, 11], "shares": [0.31, 0.2, 0.1], "total_share": 0.61},
+                "sparsity": {"hoyer": {"mean": 0.4, "median": 0.4, "min": 0.3, "max": 0.5}},
+                "coincidence_with_host": {"norm_gain": {"host_top_k": [7, 1, 2], "shared": [7], "overlap": 1, "expected_by_chance": 0.56}},
+            }
+        )
+    )
     (run / "ablation").mkdir()
     metrics = {"mean_tokens": 8.0, "distinct_2": 0.9, "p_anger": 0.5}
-    (run / "ablation" / "ablation.json").write_text(json.dumps({
-        "indices": [7, 3], "prompts": 2, "draws": 1, "seed": 0, "host": {**metrics, "p_anger": 0.1}, "irm": metrics,
-        "ablated": {**metrics, "p_anger": 0.2}, "random": [{"indices": [1, 2], **metrics}],
-        "change_ablated": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": -0.3},
-        "change_random_mean": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": 0.0},
-        "change_random_std": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": 0.0},
-        "target": "anger", "irm_effect": 0.4, "effect_removed_ablated": 0.75, "effect_removed_random": [0.0],
-    }))
+    (run / "ablation" / "ablation.json").write_text(
+        json.dumps(
+            {
+                "indices": [7, 3],
+                "prompts": 2,
+                "draws": 1,
+                "seed": 0,
+                "host": {**metrics, "p_anger": 0.1},
+                "irm": metrics,
+                "ablated": {**metrics, "p_anger": 0.2},
+                "random": [{"indices": [1, 2], **metrics}],
+                "change_ablated": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": -0.3},
+                "change_random_mean": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": 0.0},
+                "change_random_std": {"mean_tokens": 0.0, "distinct_2": 0.0, "p_anger": 0.0},
+                "target": "anger",
+                "irm_effect": 0.4,
+                "effect_removed_ablated": 0.75,
+                "effect_removed_random": [0.0],
+            }
+        )
+    )
     return run
 
 
 def test_report_evaluation_cells_read_mean_and_interval(run_with_results):
     text = build_report(run_with_results).read_text()
-    evaluation = text[text.index("Evaluation: alignment and fluency"):text.index("Inside the IRM")]
+    evaluation = text[text.index("Evaluation: alignment and fluency") : text.index("Inside the IRM")]
     cells = _cells(evaluation)
     assert "0.452 [0.341, 0.571]" in cells  # the IRM's p(target): 3 significant digits
     assert "0.00235 [0.00101, 0.00412]" in cells and "1.50 [1.25, 1.75]" in cells
@@ -140,9 +186,9 @@ def test_report_tables_hold_no_json(run_with_results):
     text = build_report(run_with_results).read_text()
     cells = _cells(text)
     assert cells and not [c for c in cells if '{"' in c or "{&#34;" in c or "&#34;:" in c]
-    analysis = _cells(text[text.index("Inside the IRM"):text.index("Ablation of dominant indices")])
+    analysis = _cells(text[text.index("Inside the IRM") : text.index("Ablation of dominant indices")])
     assert "0.8123" in analysis and "7" in analysis and "0.31" in analysis  # striation score, the top index and its share
-    ablation = _cells(text[text.index("Ablation of dominant indices"):text.index("Resolved configuration")])
+    ablation = _cells(text[text.index("Ablation of dominant indices") : text.index("Resolved configuration")])
     assert "IRM, dominant indices zeroed" in ablation and "dominant indices zeroed" in ablation and "-0.3" in ablation
     assert "http://" not in text and "https://" not in text
 

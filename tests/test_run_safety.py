@@ -32,15 +32,16 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": SRC, **extra}
 
 
-def _irm(args: list, *, cwd: Path | None = None, env: dict[str, str] | None = None, prefix: list[str] | None = None,
-         timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*(prefix or []), IRM_BIN, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env or _env(), timeout=timeout)
+def _irm(
+    args: list, *, cwd: Path | None = None, env: dict[str, str] | None = None, prefix: list[str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*(prefix or []), IRM_BIN, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env or _env(), timeout=timeout
+    )
 
 
 def _popen(args: list, **kw) -> subprocess.Popen:
-    return subprocess.Popen([IRM_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), **kw)
+    return subprocess.Popen([IRM_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), **kw)
 
 
 def _refused(proc: subprocess.CompletedProcess | tuple[int, str], *phrases: str) -> str:
@@ -99,7 +100,11 @@ def test_h1_overwrite_refuses_folders_that_are_not_irm_runs_and_deletes_nothing(
     (home / ".bashrc").write_text("# mine")
     cases = {
         "dot": (_train_args(Path("qa.jsonl"), ".", "--overwrite"), work, ["--out .", "the current folder", "never replaces it"]),
-        "not-a-run": (_train_args(data, other, "--overwrite"), tmp_path, ["holds files that are not irm runs", "--overwrite replaces only irm runs"]),
+        "not-a-run": (
+            _train_args(data, other, "--overwrite"),
+            tmp_path,
+            ["holds files that are not irm runs", "--overwrite replaces only irm runs"],
+        ),
         "home": (_train_args(data, "~", "--overwrite"), tmp_path, ["your home folder", "never replaces it"]),
         "root": (_train_args(data, "/", "--overwrite"), tmp_path, ["the root folder", "never replaces it"]),
     }
@@ -107,8 +112,14 @@ def test_h1_overwrite_refuses_folders_that_are_not_irm_runs_and_deletes_nothing(
     procs = {}
     for name, (args, cwd, _) in cases.items():  # at the same time: each is refused before any slow work
         args = [str(home) if a == "~" else a for a in args]
-        procs[name] = subprocess.Popen([IRM_BIN, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       cwd=cwd, env=_env(HOME=str(home), MPLCONFIGDIR=str(tmp_path / "mpl"), XDG_CACHE_HOME=str(tmp_path / "xdg")))
+        procs[name] = subprocess.Popen(
+            [IRM_BIN, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=_env(HOME=str(home), MPLCONFIGDIR=str(tmp_path / "mpl"), XDG_CACHE_HOME=str(tmp_path / "xdg")),
+        )
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=300)
         _refused((proc.returncode, err), *cases[name][2])
@@ -140,7 +151,7 @@ def test_h2_overwrite_of_a_run_with_an_unwritable_part_leaves_it_intact(tmp_path
 def test_h3_a_second_train_on_the_same_run_is_refused_and_the_lock_dies_with_its_process(tmp_path):
     data = _qa(tmp_path / "qa.jsonl")
     run = tmp_path / "run"
-    first = _popen(_train_args(data, run, "--max-steps", "100000", "--checkpoint-every", "100000"))
+    first = _popen(_train_args(data, run, "--max-steps", "100000", "--epochs", "100000", "--checkpoint-every", "100000"))
     try:
         lock = lock_path(run)
         deadline = time.time() + 300
@@ -177,10 +188,16 @@ def test_h5_sweep_points_whose_names_collide_get_distinct_run_folders(tmp_path):
     assert len(set(names)) == 2 and all(n.startswith("layers-0-1_seed-1-") for n in names), names
     assert len({r["run_dir"] for r in rows}) == 2
     plain = tmp_path / "plain.yaml"  # no collision: the names of existing sweeps are unchanged
-    plain.write_text(f"out: {tmp_path / 'p'}\nbase: {{host: {TINY}}}\ngrid:\n  data: [builtin:anger, builtin:joy]\n  layers: ['all', '0-1']\n")
+    plain.write_text(
+        f"out: {tmp_path / 'p'}\nbase: {{host: {TINY}}}\ngrid:\n  data: [builtin:anger, builtin:joy]\n  layers: ['all', '0-1']\n"
+    )
     proc = _irm(["sweep", plain, "--list", "--json"])
     assert [r["name"] for r in json.loads(proc.stdout)] == [
-        "data-anger_layers-all", "data-anger_layers-0-1", "data-joy_layers-all", "data-joy_layers-0-1"]
+        "data-anger_layers-all",
+        "data-anger_layers-0-1",
+        "data-joy_layers-all",
+        "data-joy_layers-0-1",
+    ]
     assert not (tmp_path / "sw").exists() and not (tmp_path / "p").exists()  # --list writes nothing
 
 
@@ -240,8 +257,9 @@ def test_resume_refuses_settings_flags_and_names_them(tmp_path):
     run = _fake_run(tmp_path / "run")
     before = _tree(run)
     proc = _irm(["train", "--resume", run, "--lr", "0.1", "--data", "x.csv", "--host", TINY, "--max-steps", "5", "--no-progress"])
-    text = _refused(proc, f"--resume {run} continues the run with the settings saved in it", "--lr", "--data", "--host",
-                    "--max-steps", "drop them")
+    text = _refused(
+        proc, f"--resume {run} continues the run with the settings saved in it", "--lr", "--data", "--host", "--max-steps", "drop them"
+    )
     assert "--devices" in text  # says what does apply
     assert _tree(run) == before
     # where to run may change: those flags pass this check (here the run is not one: the usual message)
@@ -261,13 +279,16 @@ def test_layers_far_out_of_range_say_so_not_out_of_memory(tmp_path):
 
 
 # ------------------------------------------------------------------ sweep files and --index
-@pytest.mark.parametrize("content, phrases", [
-    ("hello\n", ["a sweep file is a mapping with out, base and grid, not the str 'hello'"]),
-    ("- 1\n- 2\n", ["a sweep file is a mapping", "not a list"]),
-    ("grid: [1, 2]\n", ["grid must be a mapping", "not a list"]),
-    ("grid: seed\n", ["grid must be a mapping", "not the str 'seed'"]),
-    ("base: 3\ngrid: {seed: [1]}\n", ["base must be a mapping", "not the int '3'"]),
-])
+@pytest.mark.parametrize(
+    "content, phrases",
+    [
+        ("hello\n", ["a sweep file is a mapping with out, base and grid, not the str 'hello'"]),
+        ("- 1\n- 2\n", ["a sweep file is a mapping", "not a list"]),
+        ("grid: [1, 2]\n", ["grid must be a mapping", "not a list"]),
+        ("grid: seed\n", ["grid must be a mapping", "not the str 'seed'"]),
+        ("base: 3\ngrid: {seed: [1]}\n", ["base must be a mapping", "not the int '3'"]),
+    ],
+)
 def test_a_sweep_file_that_is_not_a_mapping_gets_a_plain_message(tmp_path, content, phrases):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(content)

@@ -3,9 +3,9 @@ adds there exactly as attach does, and always removes its hooks; attach.is_attac
 
 import pytest
 import torch
-from conftest import nontrivial_irm
 
 import irm
+from conftest import nontrivial_irm
 from irm.core.attach import is_attached
 from irm.core.sites import SITES, SiteHook, reading_sites
 from irm.core.steering import recording
@@ -27,8 +27,11 @@ def test_reading_each_site_matches_the_hosts_own_states(name):
     with torch.no_grad():
         out = host.model(input_ids=ids, output_hidden_states=True)
         before = _hook_count(host.model)  # transformers may keep hooks of its own
-        with recording(host, [0, 1], "resid_pre") as pre, recording(host, [0], "resid_post") as post, \
-                recording(host, [1], "resid_mid") as mid:
+        with (
+            recording(host, [0, 1], "resid_pre") as pre,
+            recording(host, [0], "resid_post") as post,
+            recording(host, [1], "resid_mid") as mid,
+        ):
             host.model(input_ids=ids)
     # hidden_states[i] is the input of layer i
     assert pre[0].equal(out.hidden_states[0]) and pre[1].equal(out.hidden_states[1])

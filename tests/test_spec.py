@@ -27,12 +27,26 @@ def test_for_host_refuses_width_zero_as_train_config_does(tiny_llama):
     assert "width_multiplier" in direct.value.message and "--width-multiplier" in train.value.message
 
 
-@pytest.mark.parametrize("bad", [{"depth": 2.5}, {"depth": -1}, {"rank": 0}, {"site": "resid_x"}, {"input_layer": -1},
-                                 {"width_multiplier": float("nan")}, {"width_multiplier": 1e9}, {"output_init": "ones"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"depth": 2.5},
+        {"depth": -1},
+        {"rank": 0},
+        {"site": "resid_x"},
+        {"input_layer": -1},
+        {"width_multiplier": float("nan")},
+        {"width_multiplier": 1e9},
+        {"output_init": "ones"},
+    ],
+)
 def test_every_consumer_refuses_the_same_bad_shape(tiny_llama, bad):
     (key,) = bad
-    for build in (lambda: IRMSpec(**bad), lambda: irm.IRM.for_host(tiny_llama, "all", **bad),
-                  lambda: irm.IRMConfig(host=tiny_llama.identity(), layers=[0], **bad)):
+    for build in (
+        lambda: IRMSpec(**bad),
+        lambda: irm.IRM.for_host(tiny_llama, "all", **bad),
+        lambda: irm.IRMConfig(host=tiny_llama.identity(), layers=[0], **bad),
+    ):
         with pytest.raises(IRMError, match=key):
             build()
 

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from test_training import write_qa
 
 from irm.errors import IRMError
 from irm.training.sweep import expand, run_sweep
+from test_training import write_qa
 
 
 def _sweep_file(tmp_path):

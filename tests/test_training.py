@@ -125,7 +125,9 @@ def test_batches_are_deterministic_cover_rows_and_split_across_ranks():
 def test_gradients_reach_only_the_irm(tiny_llama, tmp_path):
     config = TrainConfig(host="tiny-random-llama", data="unused", batch_size=2)
     net = irm.IRM.for_host(tiny_llama, "all", output_init="default", seed=0)
-    examples, _ = tokenize_rows([Row(line=1, question="a?", answer="bcd"), Row(line=2, question="e?", answer="fgh")], tiny_llama.tokenizer, max_length=64)
+    examples, _ = tokenize_rows(
+        [Row(line=1, question="a?", answer="bcd"), Row(line=2, question="e?", answer="fgh")], tiny_llama.tokenizer, max_length=64
+    )
     module = IRMTrainingModule(tiny_llama.model, net, config, examples, [], [], tiny_llama.tokenizer.pad_token_id)
     batch = collate(examples, tiny_llama.tokenizer.pad_token_id)
     nll, count, _ = module._loss(batch)
@@ -218,8 +220,17 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 @pytest.mark.slow
 def test_smollm2_training_loss_falls(tmp_path, smollm2):
     data = write_qa(tmp_path / "qa.jsonl", n=120)
-    config = TrainConfig(host="smollm2-135m-instruct", data=str(data), out=str(tmp_path / "run"), layers="0-7",
-                         max_steps=30, batch_size=4, lr=3e-4, checkpoint_every=100, log_every=1)
+    config = TrainConfig(
+        host="smollm2-135m-instruct",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        layers="0-7",
+        max_steps=30,
+        batch_size=4,
+        lr=3e-4,
+        checkpoint_every=100,
+        log_every=1,
+    )
     from irm.training.run import train
 
     result = train(config, progress=False)
@@ -247,7 +258,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_llama):
         set_activation_checkpointing(tiny_llama.model, checkpointing)
         recomputed = []
         mlp = tiny_llama.spec.layers(tiny_llama.model)[2].mlp  # inside the checkpointed forward
-        hook = mlp.register_forward_pre_hook(lambda *a: recomputed.append(1))
+        hook = mlp.register_forward_pre_hook(lambda *a, seen=recomputed: seen.append(1))
         with irm.attach(tiny_llama, net):  # hooks stay attached through backward (recomputation)
             nll, count = target_loss(tiny_llama.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             (nll / count).backward()
@@ -288,8 +299,17 @@ def test_compiled_training_gives_the_same_irm(tmp_path):
     counters.clear()
     for compiled in (False, True):
         out = tmp_path / f"run-{compiled}"
-        config = TrainConfig(host="tiny-random-llama", data=str(data), out=str(out), max_steps=3, batch_size=4,
-                             lr=1e-3, compile=compiled, compile_backend="aot_eager", output_init="default")
+        config = TrainConfig(
+            host="tiny-random-llama",
+            data=str(data),
+            out=str(out),
+            max_steps=3,
+            batch_size=4,
+            lr=1e-3,
+            compile=compiled,
+            compile_backend="aot_eager",
+            output_init="default",
+        )
         train(config, progress=False)
         weights.append(_weights(out))
     assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"]  # layers and IRM, hooks traced inside
@@ -301,8 +321,19 @@ def test_compiled_training_gives_the_same_irm(tmp_path):
 def test_warmup_ramps_the_learning_rate_then_epochs_decay_it(tmp_path):
     data = write_qa(tmp_path / "qa.jsonl", n=40)
     out = tmp_path / "run"
-    config = TrainConfig(host="tiny-random-llama", data=str(data), out=str(out), batch_size=8, lr=1e-3, warmup_steps=4,
-                         gamma=0.5, epochs=3, val_fraction=0.0, test_fraction=0.0, log_every=1)
+    config = TrainConfig(
+        host="tiny-random-llama",
+        data=str(data),
+        out=str(out),
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=4,
+        gamma=0.5,
+        epochs=3,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        log_every=1,
+    )
     train(config, progress=False)
     with open(next(out.glob("logs/csv*/metrics.csv"))) as fh:
         lrs = {int(r["step"]): float(r["lr-Adam"]) for r in csv.DictReader(fh) if r.get("lr-Adam")}
@@ -316,8 +347,13 @@ def test_the_loss_imports_without_lightning():
     import subprocess
 
     code = "import sys, irm.training.loss, irm.analysis.gradients; print(sorted(m for m in sys.modules if m.startswith('lightning')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+    )
     assert out.stdout.strip() == "[]", out.stdout
 
 

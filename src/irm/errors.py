@@ -60,7 +60,7 @@ class writing:
     def __init__(self, path: object) -> None:
         self.path = path
 
-    def __enter__(self) -> "writing":
+    def __enter__(self) -> writing:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:

@@ -8,6 +8,7 @@ output. Where its columns (layers) point the same way, an IRM trained on that lo
 same push in those layers, since the residual stream carries each layer's addition to all
 later ones; ``irm analyze --gradients`` compares the map with what the IRM actually learned.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,8 +56,14 @@ class ResidualGradients:
 
 
 def residual_gradients(
-    host: Host, rows: Sequence[Row], layers: Sequence[int], *, site: str = "resid_mid", max_length: int = 128,
-    batch_size: int = 8, loss_on: str = "answer",
+    host: Host,
+    rows: Sequence[Row],
+    layers: Sequence[int],
+    *,
+    site: str = "resid_mid",
+    max_length: int = 128,
+    batch_size: int = 8,
+    loss_on: str = "answer",
 ) -> ResidualGradients:
     """Sum over ``rows`` (formatted as in training) of the loss gradient at ``site`` of ``layers``."""
     from irm.training.loss import target_loss
@@ -70,7 +77,7 @@ def residual_gradients(
     tokens = 0
     with attach(host, probe):
         for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+            batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             nll, count = target_loss(host.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             nll.backward()

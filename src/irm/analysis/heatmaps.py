@@ -43,8 +43,9 @@ def pool_columns(values: np.ndarray, max_columns: int = MAX_COLUMNS) -> np.ndarr
     return np.take_along_axis(bins, pick, axis=-1)[..., 0]
 
 
-def heatmap_figure(values: np.ndarray, layers: Sequence[int], *, title: str, signed: bool = False,
-                   vmax: float | None = None, label: str = "|IRM output|") -> Figure:
+def heatmap_figure(
+    values: np.ndarray, layers: Sequence[int], *, title: str, signed: bool = False, vmax: float | None = None, label: str = "|IRM output|"
+) -> Figure:
     """A figure of one ``(layer, hidden)`` map. ``signed`` uses a diverging scale around 0."""
     n_layers, hidden = values.shape
     if len(layers) != n_layers:
@@ -52,9 +53,16 @@ def heatmap_figure(values: np.ndarray, layers: Sequence[int], *, title: str, sig
     fig = Figure(figsize=(12, 1.5 + 0.12 * min(n_layers, 40) + 1.5), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     top = vmax if vmax is not None else float(np.abs(values).max()) or 1.0
-    image = ax.imshow(pool_columns(values), aspect="auto", origin="lower", interpolation="nearest",
-                      extent=(-0.5, hidden - 0.5, -0.5, n_layers - 0.5),
-                      cmap="RdBu_r" if signed else "magma", vmin=-top if signed else 0.0, vmax=top)
+    image = ax.imshow(
+        pool_columns(values),
+        aspect="auto",
+        origin="lower",
+        interpolation="nearest",
+        extent=(-0.5, hidden - 0.5, -0.5, n_layers - 0.5),
+        cmap="RdBu_r" if signed else "magma",
+        vmin=-top if signed else 0.0,
+        vmax=top,
+    )
     ax.set_xlim(-0.5, hidden - 0.5)
     ax.set_ylim(-0.5, n_layers - 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True, min_n_ticks=2))
@@ -75,8 +83,7 @@ def save_heatmap(values: np.ndarray, layers: Sequence[int], path: str | Path, **
     return path
 
 
-def save_animation(frames: np.ndarray, layers: Sequence[int], titles: Sequence[str], path: str | Path, *,
-                   fps: float = 3.0) -> Path:
+def save_animation(frames: np.ndarray, layers: Sequence[int], titles: Sequence[str], path: str | Path, *, fps: float = 3.0) -> Path:
     """An animated GIF of ``(tokens, layer, hidden)`` signed maps on one fixed colour scale."""
     path = Path(path)
     top = float(np.abs(frames).max()) or 1.0

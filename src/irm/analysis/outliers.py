@@ -38,8 +38,11 @@ class HostOutliers:
     lm_head_column_norm: np.ndarray | None
 
     def signals(self) -> dict[str, np.ndarray]:
-        found = {"residual_max_abs": self.residual_by_layer.max(axis=0),
-                 "final_norm_gain": self.final_norm_gain, "lm_head_column_norm": self.lm_head_column_norm}
+        found = {
+            "residual_max_abs": self.residual_by_layer.max(axis=0),
+            "final_norm_gain": self.final_norm_gain,
+            "lm_head_column_norm": self.lm_head_column_norm,
+        }
         return {k: v for k, v in found.items() if v is not None}
 
     def to_dict(self, k: int) -> dict[str, Any]:
@@ -47,8 +50,12 @@ class HostOutliers:
         for name, signal in self.signals().items():
             top = top_k(signal, k).indices
             median = float(np.median(signal))
-            out[name] = {"top_k": top, "values": [float(signal[i]) for i in top], "median": median,
-                         "ratio_to_median": [float(signal[i] / median) if median else None for i in top]}
+            out[name] = {
+                "top_k": top,
+                "values": [float(signal[i]) for i in top],
+                "median": median,
+                "ratio_to_median": [float(signal[i] / median) if median else None for i in top],
+            }
         layer_top = self.residual_by_layer.argmax(axis=1)
         out["residual_top_index_per_layer"] = [int(i) for i in layer_top]
         return out

@@ -95,8 +95,9 @@ class _Hosts:
         if key not in self.gradients:
             rows = read_rows(data)
             picked = np.random.default_rng(0).permutation(len(rows))[: self.options.gradient_rows]
-            self.gradients[key] = residual_gradients(self.host(name), [rows[i] for i in sorted(picked)], layers, site=site,
-                                                     max_length=self.options.gradient_max_length)
+            self.gradients[key] = residual_gradients(
+                self.host(name), [rows[i] for i in sorted(picked)], layers, site=site, max_length=self.options.gradient_max_length
+            )
         return self.gradients[key]
 
 
@@ -108,16 +109,22 @@ def gradient_data(rec: Recording, choice: str) -> str | None:
         return choice
     data = rec.meta.get("irm_config", {}).get("extra", {}).get("data")
     if not data:
-        raise IRMError("--gradients train: this recording's IRM does not say what it was trained on",
-                       hint="name the data instead, e.g. --gradients builtin:anger")
+        raise IRMError(
+            "--gradients train: this recording's IRM does not say what it was trained on",
+            hint="name the data instead, e.g. --gradients builtin:anger",
+        )
     return str(data)
 
 
 def compare_gradients(grads: ResidualGradients, profile: np.ndarray, irm_top: Sequence[int], data: str, k: int) -> dict[str, Any]:
     """The gradient map's own numbers, and how its per-index magnitude matches the IRM's."""
     grad_profile = index_profile(np.abs(grads.gradients).T)
-    return {"data": data, **grads.summary(k), "spearman_with_irm_profile": spearman(profile, grad_profile),
-            "coincidence_with_irm": coincidence(irm_top, grad_profile, k)}
+    return {
+        "data": data,
+        **grads.summary(k),
+        "spearman_with_irm_profile": spearman(profile, grad_profile),
+        "coincidence_with_irm": coincidence(irm_top, grad_profile, k),
+    }
 
 
 def open_input(path: str | Path, hosts: _Hosts) -> Recording:
@@ -139,8 +146,10 @@ def open_input(path: str | Path, hosts: _Hosts) -> Recording:
         rec = record(host, irm, prompts, max_new_tokens=hosts.options.max_new_tokens)
         save_recording(rec, run.record, overwrite=True)
         return load_recording(run.record)
-    raise IRMError(f"{path} is neither a recording nor a run directory",
-                   hint="pass a directory written by `irm record`, or a run directory of `irm train` (with RUN/irm)")
+    raise IRMError(
+        f"{path} is neither a recording nor a run directory",
+        hint="pass a directory written by `irm record`, or a run directory of `irm train` (with RUN/irm)",
+    )
 
 
 def _label(path: Path) -> str:
@@ -159,9 +168,14 @@ def _plot_rows(rec: Recording, limit: int) -> list[int]:
     return (generated or list(range(start, end)))[:limit]
 
 
-def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outliers: HostOutliers | None,
-                      gradients: tuple[str, ResidualGradients] | None = None,
-                      shown_as: Path | None = None) -> tuple[dict[str, Any], np.ndarray]:
+def analyze_recording(
+    rec: Recording,
+    out: Path,
+    options: AnalyzeOptions,
+    outliers: HostOutliers | None,
+    gradients: tuple[str, ResidualGradients] | None = None,
+    shown_as: Path | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
     """Write one recording's files to ``out``; return its summary and index profile. The
     summary names the files as under ``shown_as`` (where they will be moved), if given."""
     out.mkdir(parents=True, exist_ok=True)
@@ -174,21 +188,37 @@ def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outlie
     with open(out / "per_token.jsonl", "w", encoding="utf-8") as fh:
         for i, tok in enumerate(rec.tokens):
             fh.write(json.dumps({**asdict(tok), **{k: round(float(v[i]), 6) for k, v in stats.items()}}, ensure_ascii=False) + "\n")
-    files = [save_heatmap(mean_map, layers, out / "heatmap_mean.png",
-                          title=f"mean |IRM output| over {len(rec.tokens)} tokens ({rec.meta['host']['name']})")]
+    files = [
+        save_heatmap(
+            mean_map,
+            layers,
+            out / "heatmap_mean.png",
+            title=f"mean |IRM output| over {len(rec.tokens)} tokens ({rec.meta['host']['name']})",
+        )
+    ]
     rows = _plot_rows(rec, max(options.token_plots, options.frames))
     for row in rows[: options.token_plots]:
         t = rec.tokens[row]
-        files.append(save_heatmap(np.asarray(rec.outputs[row], dtype=np.float32), layers,
-                                  out / f"heatmap_token_{t.prompt}_{t.position}.png",
-                                  title="IRM output, " + _token_title(rec, row), signed=True, label="IRM output"))
+        files.append(
+            save_heatmap(
+                np.asarray(rec.outputs[row], dtype=np.float32),
+                layers,
+                out / f"heatmap_token_{t.prompt}_{t.position}.png",
+                title="IRM output, " + _token_title(rec, row),
+                signed=True,
+                label="IRM output",
+            )
+        )
     frame_rows = rows[: options.frames]
     if frame_rows:
         frames = np.asarray(rec.outputs[frame_rows], dtype=np.float32)
         files.append(save_animation(frames, layers, [_token_title(rec, r) for r in frame_rows], out / "animation.gif"))
     summary: dict[str, Any] = {
-        "host": rec.meta["host"]["name"], "hidden_size": rec.hidden_size, "layers": layers,
-        "prompts": len(rec.prompts), "tokens": len(rec.tokens),
+        "host": rec.meta["host"]["name"],
+        "hidden_size": rec.hidden_size,
+        "layers": layers,
+        "prompts": len(rec.prompts),
+        "tokens": len(rec.tokens),
         "striation": asdict(striation(mean_map)),
         "striation_per_token": describe(stats["striation"]),
         "top_k": top.to_dict(),
@@ -197,8 +227,9 @@ def analyze_recording(rec: Recording, out: Path, options: AnalyzeOptions, outlie
     if outliers is not None:
         (out / "host_outliers.json").write_text(json.dumps(outliers.to_dict(options.k), indent=2) + "\n", encoding="utf-8")
         files.append(out / "host_outliers.json")
-        summary["coincidence_with_host"] = {name: coincidence(top.indices, signal, options.k)
-                                            for name, signal in outliers.signals().items()}
+        summary["coincidence_with_host"] = {
+            name: coincidence(top.indices, signal, options.k) for name, signal in outliers.signals().items()
+        }
     if gradients is not None:
         data, grads = gradients
         summary["host_gradients"] = compare_gradients(grads, profile, top.indices, data, options.k)
@@ -228,7 +259,9 @@ def move_into(staging: Path, out: Path) -> None:
         with writing(target):
             if path.is_dir():
                 if target.is_symlink() or (target.exists() and not target.is_dir()):
-                    raise IRMError(f"{target} is in the way of the analysis folder {path.name}", hint="move it away or choose another --out")
+                    raise IRMError(
+                        f"{target} is in the way of the analysis folder {path.name}", hint="move it away or choose another --out"
+                    )
                 target.mkdir(exist_ok=True)
             else:
                 if target.is_symlink() or target.is_dir():
@@ -263,8 +296,7 @@ def analyze(inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptio
     return result
 
 
-def _analyze_into(inputs: Sequence[str | Path], recordings: Sequence[Recording], out: Path, shown: Path,
-                  hosts: _Hosts) -> dict[str, Any]:
+def _analyze_into(inputs: Sequence[str | Path], recordings: Sequence[Recording], out: Path, shown: Path, hosts: _Hosts) -> dict[str, Any]:
     options = hosts.options
     labels: list[str] = []
     summaries: list[dict[str, Any]] = []

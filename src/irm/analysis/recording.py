@@ -192,8 +192,14 @@ def record(
         "dtype": outputs.dtype.name,
         "shape": list(outputs.shape),
         "layout": "(token, layer, hidden)",
-        "generation": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "greedy": greedy,
-                       "seed": seed, "chat": chat, "strength": strength},
+        "generation": {
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "greedy": greedy,
+            "seed": seed,
+            "chat": chat,
+            "strength": strength,
+        },
         "prompts": len(prompts),
         "tokens": int(offsets[-1]),
         "seconds": round(seconds, 3),
@@ -248,14 +254,18 @@ def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = F
     try:
         arrays = {"outputs": np.ascontiguousarray(rec.outputs), "offsets": rec.offsets.astype(np.int64)}
         tokens = "".join(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in rec.tokens)
-        prompts = "".join(json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n"
-                          for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts)))
-        atomic_write_all([
-            (staging / OUTPUTS_FILE, lambda path: _save_arrays(arrays, path)),
-            (staging / TOKENS_FILE, tokens.encode("utf-8")),
-            (staging / PROMPTS_FILE, prompts.encode("utf-8")),
-            (staging / META_FILE, (json.dumps(rec.meta, indent=2) + "\n").encode("utf-8")),
-        ])
+        prompts = "".join(
+            json.dumps({"prompt": i, "text": prompt, "generation": text}, ensure_ascii=False) + "\n"
+            for i, (prompt, text) in enumerate(zip(rec.prompts, rec.texts))
+        )
+        atomic_write_all(
+            [
+                (staging / OUTPUTS_FILE, lambda path: _save_arrays(arrays, path)),
+                (staging / TOKENS_FILE, tokens.encode("utf-8")),
+                (staging / PROMPTS_FILE, prompts.encode("utf-8")),
+                (staging / META_FILE, (json.dumps(rec.meta, indent=2) + "\n").encode("utf-8")),
+            ]
+        )
         if out.exists():
             if any(out.iterdir()):
                 remove_tree(out)
@@ -319,8 +329,7 @@ def load_recording(directory: str | Path) -> Recording:
     ``outputs.safetensors``) is refused with a message naming it."""
     path = Path(directory)
     if not is_recording(path):
-        raise IRMError(f"{path} is not a complete recording (no {META_FILE} or {OUTPUTS_FILE})",
-                       hint="write one with `irm record`")
+        raise IRMError(f"{path} is not a complete recording (no {META_FILE} or {OUTPUTS_FILE})", hint="write one with `irm record`")
     meta_path = path / META_FILE
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -343,8 +352,10 @@ def load_recording(directory: str | Path) -> Recording:
         raise _damaged(path / OUTPUTS_FILE, "its offsets do not cut the outputs into prompts")
     if outputs.shape[1] != len(layers):
         raise _damaged(path / OUTPUTS_FILE, f"{outputs.shape[1]} layers of outputs, but {META_FILE} names {len(layers)}")
-    tokens = [TokenRecord(**{f: t[f] for f in TokenRecord.__dataclass_fields__})
-              for t in _json_lines(path / TOKENS_FILE, list(TokenRecord.__dataclass_fields__))]
+    tokens = [
+        TokenRecord(**{f: t[f] for f in TokenRecord.__dataclass_fields__})
+        for t in _json_lines(path / TOKENS_FILE, list(TokenRecord.__dataclass_fields__))
+    ]
     if len(tokens) != outputs.shape[0]:
         raise _damaged(path / TOKENS_FILE, f"{len(tokens)} tokens, but {OUTPUTS_FILE} has {outputs.shape[0]} rows")
     prompt_rows = _json_lines(path / PROMPTS_FILE, ["text", "generation"])

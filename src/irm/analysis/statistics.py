@@ -147,16 +147,23 @@ def consistency(profiles: Mapping[str, np.ndarray], k: int) -> dict[str, Any]:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             union = sorted(set(tops[a]) | set(tops[b]))
-            pairs.append({
-                "a": a, "b": b, "jaccard": jaccard(tops[a], tops[b]),
-                "shared": sorted(set(tops[a]) & set(tops[b])),
-                "spearman_all": spearman(profiles[a], profiles[b]),
-                "spearman_top_k_union": spearman(profiles[a][union], profiles[b][union]),
-            })
+            pairs.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "jaccard": jaccard(tops[a], tops[b]),
+                    "shared": sorted(set(tops[a]) & set(tops[b])),
+                    "spearman_all": spearman(profiles[a], profiles[b]),
+                    "spearman_top_k_union": spearman(profiles[a][union], profiles[b][union]),
+                }
+            )
     first, count = most_often_first([profiles[n] for n in names])
     in_top = Counter(i for n in names for i in tops[n])
     return {
-        "k": k, "runs": names, "top_k": tops, "pairs": pairs,
+        "k": k,
+        "runs": names,
+        "top_k": tops,
+        "pairs": pairs,
         "mean_jaccard": float(np.mean([p["jaccard"] for p in pairs])) if pairs else None,
         "most_often_first": {"index": first, "runs": count, "of": len(names)},
         "top_k_counts": [{"index": i, "runs": c} for i, c in sorted(in_top.items(), key=lambda t: (-t[1], t[0]))[:k]],
@@ -199,8 +206,7 @@ def per_token_stats(outputs: np.ndarray, chunk: int = 1024) -> dict[str, np.ndar
 def describe(values: np.ndarray) -> dict[str, float | None]:
     if values.size == 0:
         return {"mean": None, "median": None, "min": None, "max": None}
-    return {"mean": float(values.mean()), "median": float(np.median(values)),
-            "min": float(values.min()), "max": float(values.max())}
+    return {"mean": float(values.mean()), "median": float(np.median(values)), "min": float(values.min()), "max": float(values.max())}
 
 
 def coincidence(irm_top: Sequence[int], host_signal: np.ndarray, k: int) -> dict[str, Any]:

@@ -25,8 +25,10 @@ def _irm_dir(path: Path) -> Path:
     found = irm_dir_of(path)
     if found is not None:
         return found
-    raise IRMError(f"{path} holds no IRM (no irm_config.json in it or in {path / 'irm'})",
-                   hint="pass an IRM directory or a run directory of `irm train`")
+    raise IRMError(
+        f"{path} holds no IRM (no irm_config.json in it or in {path / 'irm'})",
+        hint="pass an IRM directory or a run directory of `irm train`",
+    )
 
 
 def _load(irm_path: Path, host_name: str | None, device: str, force: bool) -> tuple[Any, Any]:
@@ -61,7 +63,9 @@ def record(
     seed: Annotated[int, Opt(help="Seed for sampling.")] = 0,
     chat: Annotated[bool, Opt("--chat/--no-chat", help="Apply the host's chat template when it has one.")] = True,
     strength: Annotated[float, Opt(help="Scale of the injected IRM output (not 0).")] = 1.0,
-    measure_overhead: Annotated[bool, Opt("--measure-overhead", help="Also time the same generation without recording and report the ratio.")] = False,
+    measure_overhead: Annotated[
+        bool, Opt("--measure-overhead", help="Also time the same generation without recording and report the ratio.")
+    ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --out directory.")] = False,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
@@ -103,16 +107,27 @@ def record(
     rec.meta["timing"] = {k: round(v, 3) for k, v in timing.items()}
     save_recording(rec, out, overwrite=overwrite)
     size = sum(f.stat().st_size for f in out.iterdir())
-    result = {"out": str(out), "prompts": len(rec.prompts), "tokens": len(rec.tokens), "shape": list(rec.outputs.shape),
-              "dtype": rec.outputs.dtype.name, "bytes": size, **rec.meta["timing"]}
+    result = {
+        "out": str(out),
+        "prompts": len(rec.prompts),
+        "tokens": len(rec.tokens),
+        "shape": list(rec.outputs.shape),
+        "dtype": rec.outputs.dtype.name,
+        "bytes": size,
+        **rec.meta["timing"],
+    }
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    console.print(f"[bold]recorded[/] {result['tokens']} tokens of {result['prompts']} prompts -> {out} "
-                  f"({size / 1e6:.1f} MB, {result['dtype']}, shape {tuple(result['shape'])})")
+    console.print(
+        f"[bold]recorded[/] {result['tokens']} tokens of {result['prompts']} prompts -> {out} "
+        f"({size / 1e6:.1f} MB, {result['dtype']}, shape {tuple(result['shape'])})"
+    )
     if measure_overhead:
-        console.print(f"generation {timing['plain_seconds']:.2f} s, with recording {timing['record_seconds']:.2f} s: "
-                      f"overhead {timing['overhead_ratio']:.2f}x")
+        console.print(
+            f"generation {timing['plain_seconds']:.2f} s, with recording {timing['record_seconds']:.2f} s: "
+            f"overhead {timing['overhead_ratio']:.2f}x"
+        )
 
 
 def analyze(
@@ -121,12 +136,19 @@ def analyze(
     k: Annotated[int, Opt("--k", min=1, help="How many dominant indices to report.")] = 10,
     token_plots: Annotated[int, Opt(min=0, help="Heatmaps of single generated tokens (first prompt).")] = 4,
     frames: Annotated[int, Opt(min=0, help="Tokens in animation.gif (0: none).")] = 24,
-    host_outliers: Annotated[bool, Opt("--host-outliers/--no-host-outliers", help="Compare with the host's outlier dimensions (loads the host).")] = True,
+    host_outliers: Annotated[
+        bool, Opt("--host-outliers/--no-host-outliers", help="Compare with the host's outlier dimensions (loads the host).")
+    ] = True,
     neutral: Annotated[str, Opt(help="Neutral texts for the host's residual-stream magnitudes.")] = "builtin:prompts",
     prompts: Annotated[str, Opt(help="Prompts to record a run directory that has no RUN/record yet.")] = "builtin:prompts",
     limit: Annotated[int, Opt(min=1, help="Prompts to record for such a run directory.")] = 16,
     max_new_tokens: Annotated[int, Opt(min=1, help="Tokens to generate for such a recording.")] = 32,
-    gradients: Annotated[str, Opt(help="Compare with the host's loss gradient at the injection points on this data: none, train (each IRM's training data) or a file/builtin:NAME.")] = "none",
+    gradients: Annotated[
+        str,
+        Opt(
+            help="Compare with the host's loss gradient at the injection points on this data: none, train (each IRM's training data) or a file/builtin:NAME."
+        ),
+    ] = "none",
     gradient_rows: Annotated[int, Opt(min=1, help="Rows (a seeded sample) for --gradients.")] = 32,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -145,9 +167,19 @@ def analyze(
     from irm.analysis.pipeline import AnalyzeOptions
     from irm.analysis.pipeline import analyze as run_analyze
 
-    options = AnalyzeOptions(k=k, token_plots=token_plots, frames=frames, host_outliers=host_outliers, neutral=neutral,
-                             prompts=prompts, prompt_limit=limit, max_new_tokens=max_new_tokens, device=device,
-                             gradients=gradients, gradient_rows=gradient_rows)
+    options = AnalyzeOptions(
+        k=k,
+        token_plots=token_plots,
+        frames=frames,
+        host_outliers=host_outliers,
+        neutral=neutral,
+        prompts=prompts,
+        prompt_limit=limit,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        gradients=gradients,
+        gradient_rows=gradient_rows,
+    )
     result = run_analyze(inputs, out, options)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -159,26 +191,37 @@ def analyze(
     for run in runs:
         top = run["top_k"]
         shown = ", ".join(f"{i} ({s:.1%})" for i, s in zip(top["indices"][:5], top["shares"][:5]))
-        table.add_row(run["label"], str(run["tokens"]), f"{run['striation']['score']:.3f}",
-                      f"{run['striation']['layer_share']:.3f}", shown, f"{run['sparsity']['hoyer']['mean']:.3f}")
+        table.add_row(
+            run["label"],
+            str(run["tokens"]),
+            f"{run['striation']['score']:.3f}",
+            f"{run['striation']['layer_share']:.3f}",
+            shown,
+            f"{run['sparsity']['hoyer']['mean']:.3f}",
+        )
     console.print(table)
     for run in runs:
         for signal, c in run.get("coincidence_with_host", {}).items():
             if c["constant"]:
                 console.print(f"{run['label']}: host {signal} is constant (no outlier indices)")
                 continue
-            console.print(f"{run['label']}: top-{k} shared with host {signal}: {c['shared'] or 'none'} "
-                          f"(chance {c['expected_by_chance']:.2f})")
+            console.print(
+                f"{run['label']}: top-{k} shared with host {signal}: {c['shared'] or 'none'} (chance {c['expected_by_chance']:.2f})"
+            )
     for run in runs:
         g = run.get("host_gradients")
         if g:
-            console.print(f"{run['label']}: host gradient on {g['data']}: mean cosine between layers {g['mean_cosine_between_layers']:.3f}, "
-                          f"striation {g['striation']:.3f}, top indices {g['top_indices'][:5]}, "
-                          f"Spearman with the IRM's index profile {g['spearman_with_irm_profile']:.3f}")
+            console.print(
+                f"{run['label']}: host gradient on {g['data']}: mean cosine between layers {g['mean_cosine_between_layers']:.3f}, "
+                f"striation {g['striation']:.3f}, top indices {g['top_indices'][:5]}, "
+                f"Spearman with the IRM's index profile {g['spearman_with_irm_profile']:.3f}"
+            )
     for host_key, report in result.get("consistency", {}).items():
         first = report["most_often_first"]
-        console.print(f"{host_key}: index {first['index']} ranked first in {first['runs']} of {first['of']} runs; "
-                      f"mean top-{k} Jaccard {report['mean_jaccard']:.3f}")
+        console.print(
+            f"{host_key}: index {first['index']} ranked first in {first['runs']} of {first['of']} runs; "
+            f"mean top-{k} Jaccard {report['mean_jaccard']:.3f}"
+        )
 
 
 def ablate(
@@ -192,7 +235,9 @@ def ablate(
     seed: Annotated[int, Opt(help="Seed for the random index sets.")] = 0,
     max_new_tokens: Annotated[int, Opt(min=1, help="Tokens to generate per prompt.")] = 48,
     batch_size: Annotated[int, Opt(min=1, help="Prompts per generate call.")] = 8,
-    target: Annotated[Optional[str], Opt(help="Target emotion (anger, sadness, joy, neutral; default: the one the IRM raises most).")] = None,
+    target: Annotated[
+        Optional[str], Opt(help="Target emotion (anger, sadness, joy, neutral; default: the one the IRM raises most).")
+    ] = None,
     emotion: Annotated[bool, Opt("--emotion/--no-emotion", help="Score emotions (loads the offline scorer).")] = True,
     out: Annotated[Optional[Path], Opt("--out", help="Also write the report as JSON here.")] = None,
     device: DeviceOpt = "auto",
@@ -219,8 +264,18 @@ def ablate(
         from irm.evaluation.scoring import EmotionScorer
 
         scorer = EmotionScorer()
-    report = run_ablate(loaded_host, model, chosen, texts, draws=draws, seed=seed, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, scorer=scorer, target=target)
+    report = run_ablate(
+        loaded_host,
+        model,
+        chosen,
+        texts,
+        draws=draws,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        scorer=scorer,
+        target=target,
+    )
     report["indices_from"] = f"auto: the IRM's top {k} on these prompts" if indices.strip().lower() == "auto" else "--indices"
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +296,8 @@ def ablate(
     if "target" in report:
         removed = report["effect_removed_ablated"]
         randoms = [r for r in report["effect_removed_random"] if r is not None]
-        console.print(f"target {report['target']}: the IRM adds {report['irm_effect']:+.3f}; zeroing the indices removes "
-                      + (f"{removed:.0%} of it" if removed is not None else "n/a")
-                      + (f" (random indices: mean {sum(randoms) / len(randoms):.0%})" if randoms else ""))
+        console.print(
+            f"target {report['target']}: the IRM adds {report['irm_effect']:+.3f}; zeroing the indices removes "
+            + (f"{removed:.0%} of it" if removed is not None else "n/a")
+            + (f" (random indices: mean {sum(randoms) / len(randoms):.0%})" if randoms else "")
+        )

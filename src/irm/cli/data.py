@@ -103,8 +103,18 @@ def synthesize_cmd(
     check_output_file(out, overwrite=overwrite)
     if not math.isfinite(margin) or not -1 <= margin <= 1:
         raise IRMError(f"--margin {margin}: must be a number between -1 and 1", hint="e.g. --margin 0.2")
-    config = SynthesisConfig(emotion=emotion, source=source, method=method, generator=generator, candidates=candidates,
-                             margin=margin, seed=seed, batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens)
+    config = SynthesisConfig(
+        emotion=emotion,
+        source=source,
+        method=method,
+        generator=generator,
+        candidates=candidates,
+        margin=margin,
+        seed=seed,
+        batch_size=batch_size,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+    )
     partial, settings = partial_path(out), settings_path(out)
     had_partial = partial.exists()
     created = out.parent.absolute()
@@ -143,8 +153,10 @@ def score(
     texts = inputs
     names = [t for t in inputs if t.startswith("builtin:") or (Path(t).suffix.lower() in FORMATS and not any(c.isspace() for c in t))]
     if len(inputs) > 1 and names:
-        raise IRMError(f"{names[0]!r} looks like a data file: score reads either one data file or texts, not several files",
-                       hint=f"score one file at a time (irm score {names[0]}), or put a space in a text that only looks like a file name")
+        raise IRMError(
+            f"{names[0]!r} looks like a data file: score reads either one data file or texts, not several files",
+            hint=f"score one file at a time (irm score {names[0]}), or put a space in a text that only looks like a file name",
+        )
     check_texts(inputs, "text", allow_empty=True)
     first = inputs[0] if len(inputs) == 1 else ""
     looks_like_file = bool(first) and Path(first).suffix.lower() in FORMATS and not any(c.isspace() for c in first)
@@ -165,5 +177,7 @@ def score(
     for col in ("text", "top", "anger", "sadness", "joy", "neutral", "valence"):
         table.add_column(col)
     for r in results:
-        table.add_row(r["text"][:80], r["top"], *(f"{r[f'p_{k}']:.2f}" for k in ("anger", "sadness", "joy", "neutral")), f"{r['valence']:+.2f}")
+        table.add_row(
+            r["text"][:80], r["top"], *(f"{r[f'p_{k}']:.2f}" for k in ("anger", "sadness", "joy", "neutral")), f"{r['valence']:+.2f}"
+        )
     console.print(table)

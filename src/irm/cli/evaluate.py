@@ -53,7 +53,9 @@ def evaluate(
     irm: Annotated[list[str], typer.Option("--irm", help="[NAME=]DIR of an IRM, low-rank IRM or steering vector; repeat to compare.")],
     host: HostOpt = DEFAULT_HOST,
     strength: Annotated[str, typer.Option(help="Strength(s), comma-separated: a sweep such as 0,0.5,1,2,4 (0 = host alone).")] = "1",
-    prompts: Annotated[str, typer.Option(help="Held-out prompts: a file with a question/prompt/text column, or builtin:NAME.")] = "builtin:prompts",
+    prompts: Annotated[
+        str, typer.Option(help="Held-out prompts: a file with a question/prompt/text column, or builtin:NAME.")
+    ] = "builtin:prompts",
     max_prompts: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N prompts.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Generations per prompt (sampled; seeds shared by every condition).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of sampling and of the bootstrap.")] = 0,
@@ -61,7 +63,9 @@ def evaluate(
     greedy: Annotated[bool, typer.Option("--greedy/--sample", help="Greedy decoding or sampling (default).")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     emotion: Annotated[Optional[str], typer.Option(help="Target emotion (default: read from the adapters' training data).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Directory for report.json, report.csv, generations.jsonl, curve.png.")] = Path("runs/eval"),
+    out: Annotated[Path, typer.Option("--out", help="Directory for report.json, report.csv, generations.jsonl, curve.png.")] = Path(
+        "runs/eval"
+    ),
     force: Annotated[bool, typer.Option("--force", help="Attach adapters made for another host.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an evaluation already in --out (only its own files).")] = False,
     device: DeviceOpt = "auto",
@@ -94,8 +98,16 @@ def evaluate(
     loaded = load_host(host, device=device)
     adapters = {name: load_adapter(path, loaded, check_host=not force, device=loaded.device) for name, path in paths.items()}
     report = run_evaluate(
-        loaded, adapters, prompt_list, target=resolve_emotion(adapters, emotion), strengths=strengths, samples=samples,
-        seed=seed, max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
+        loaded,
+        adapters,
+        prompt_list,
+        target=resolve_emotion(adapters, emotion),
+        strengths=strengths,
+        samples=samples,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
     )
     files = write_report(report, out)
     if as_json:

@@ -23,7 +23,9 @@ def generate(
     seed: Annotated[int, typer.Option(help="Seed for sampling (each prompt batch uses seed + offset).")] = 0,
     greedy: Annotated[bool, typer.Option("--greedy/--sample", help="Greedy decoding (default) or sampling.")] = True,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample); 0 means greedy.")] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability (with --sample).")] = 0.9,
+    top_p: Annotated[
+        float, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens up to this probability (with --sample).")
+    ] = 0.9,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the host's chat template when it has one.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Attach even if the IRM was made for another host.")] = False,
     device: DeviceOpt = "auto",
@@ -83,8 +85,10 @@ def check_texts(texts: list[str], what: str, *, allow_empty: bool = False) -> No
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise IRMError(f"{what} {i} is not valid text: character {exc.start + 1} is a lone surrogate ({text[exc.start]!a})",
-                           hint="pass UTF-8 text (check the terminal's or the file's encoding)") from None
+            raise IRMError(
+                f"{what} {i} is not valid text: character {exc.start + 1} is a lone surrogate ({text[exc.start]!a})",
+                hint="pass UTF-8 text (check the terminal's or the file's encoding)",
+            ) from None
         if not allow_empty and not text.strip():
             raise IRMError(f"{what} {i} is empty" + (" (only whitespace)" if text else ""), hint="give every prompt some text")
 

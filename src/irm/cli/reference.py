@@ -16,12 +16,8 @@ def import_reference(
     ckpt: Annotated[Path, typer.Argument(help="Lightning .ckpt file written by the paper's training code.")],
     out: Annotated[Path, typer.Option("--out", help="IRM directory to write.")],
     host: HostOpt = DEFAULT_HOST,
-    layers: Annotated[
-        Optional[str], typer.Option(help="Injected layers (e.g. 2,3 or 0-7) when the checkpoint does not say.")
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Write into a non-empty --out (replaces its IRM files).")
-    ] = False,
+    layers: Annotated[Optional[str], typer.Option(help="Injected layers (e.g. 2,3 or 0-7) when the checkpoint does not say.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out (replaces its IRM files).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import an IRM from a checkpoint of the published implementation.

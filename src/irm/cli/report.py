@@ -13,8 +13,12 @@ from irm.cli.options import console
 def report(
     target: Annotated[Path, typer.Argument(help="A run directory (irm train --out) or a sweep directory.")],
     out: Annotated[Optional[Path], typer.Option(help="HTML file to write [TARGET/report.html].")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file (TARGET/report.html, "
-                                                                "the report's own page, is always rewritten).")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace an existing --out file (TARGET/report.html, the report's own page, is always rewritten)."
+        ),
+    ] = False,
 ) -> None:
     """Write one HTML page that tells a run's (or a sweep's) story: settings, loss curves,
     generations, evaluation with intervals, heatmaps, dominant indices, ablations.

@@ -19,9 +19,13 @@ steer_app = typer.Typer(help="Activation-steering baselines (ActAdd / CAA-style 
 def fit(
     out: Annotated[Path, typer.Option("--out", help="Directory to write (irm_config.json + model.safetensors).")],
     target: Annotated[str, typer.Option(help="Target-emotion question/answer data: a file or builtin:NAME.")] = "builtin:anger",
-    neutral: Annotated[str, typer.Option(
-        help="Neutral question/answer data (a file or builtin:NAME), or 'paired': the target file's source_answer column, "
-        "the neutral answer each toned answer was made from (contrastive pairs, as in CAA).")] = "paired",
+    neutral: Annotated[
+        str,
+        typer.Option(
+            help="Neutral question/answer data (a file or builtin:NAME), or 'paired': the target file's source_answer column, "
+            "the neutral answer each toned answer was made from (contrastive pairs, as in CAA)."
+        ),
+    ] = "paired",
     host: HostOpt = DEFAULT_HOST,
     layers: Annotated[Optional[str], typer.Option(help="Injected layers: 15, 10-12, all ... (default: the middle layer).")] = None,
     site: Annotated[str, typer.Option(help="resid_mid (as the paper's IRM), resid_pre or resid_post.")] = "resid_mid",
@@ -61,14 +65,23 @@ def fit(
     vector = fit_steering_vector(loaded, target_rows, neutral_rows, chosen, site=site, max_length=max_length, extra=extra)
     save_adapter(vector, out)
     norms = [round(float(v), 3) for v in vector.vectors.float().norm(dim=0)]
-    summary = {"out": str(out), "layers": vector.config.layers, "site": site, "norms": norms,
-               "target_rows": len(target_rows), "neutral_rows": len(neutral_rows), "host": loaded.name}
+    summary = {
+        "out": str(out),
+        "layers": vector.config.layers,
+        "site": site,
+        "norms": norms,
+        "target_rows": len(target_rows),
+        "neutral_rows": len(neutral_rows),
+        "host": loaded.name,
+    }
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     console.print(f"[bold]steering vector written to[/] {out}")
-    console.print(f"layers {format_layers(vector.config.layers)} at {site}, norms {norms}, "
-                  f"from {len(target_rows)} target and {len(neutral_rows)} neutral rows")
+    console.print(
+        f"layers {format_layers(vector.config.layers)} at {site}, norms {norms}, "
+        f"from {len(target_rows)} target and {len(neutral_rows)} neutral rows"
+    )
 
 
 ADAPTER_FILES = ("irm_config.json", "model.safetensors")

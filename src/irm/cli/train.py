@@ -31,7 +31,9 @@ def train(
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many optimizer steps (-1: off).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per batch per device [8].")] = None,
     lr: Annotated[Optional[float], Opt(help="Adam learning rate [1e-4].")] = None,
-    warmup_steps: Annotated[Optional[int], Opt(help="Linear learning-rate warm-up over N steps; stops the first Adam steps from overshooting at high --lr [0].")] = None,
+    warmup_steps: Annotated[
+        Optional[int], Opt(help="Linear learning-rate warm-up over N steps; stops the first Adam steps from overshooting at high --lr [0].")
+    ] = None,
     seed: Annotated[Optional[int], Opt(help="Seed for the split, init and data order [42].")] = None,
     max_length: Annotated[Optional[int], Opt(help="Truncate rows to this many tokens [128].")] = None,
     loss_on: Annotated[Optional[str], Opt(help="answer (default) or all tokens.")] = None,
@@ -39,8 +41,13 @@ def train(
     penalty_weight: Annotated[Optional[float], Opt(help="Weight of the penalty (per-element mean) [1e-4].")] = None,
     precision: Annotated[Optional[str], Opt(help="auto, 32-true, bf16-mixed, 16-mixed ...")] = None,
     host_dtype: Annotated[Optional[str], Opt(help="Host weights: auto (bf16 on GPU), float32, bfloat16.")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute host layers in backward (less memory).")] = None,
-    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the host's decoder layers and the IRM (slower first steps; off by default).")] = None,
+    gradient_checkpointing: Annotated[
+        Optional[bool], Opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute host layers in backward (less memory).")
+    ] = None,
+    compile: Annotated[
+        Optional[bool],
+        Opt("--compile/--no-compile", help="torch.compile the host's decoder layers and the IRM (slower first steps; off by default)."),
+    ] = None,
     devices: Annotated[Optional[int], Opt(help="Processes/GPUs per node [1].")] = None,
     num_nodes: Annotated[Optional[int], Opt(help="Nodes (SLURM: see README) [1].")] = None,
     strategy: Annotated[Optional[str], Opt(help="auto, ddp or fsdp.")] = None,

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 Adapter = IRM | SteeringVector
 
+ADAPTER_CLASSES: dict[str, type[IRM] | type[SteeringVector]] = {"irm": IRM, STEERING: SteeringVector}
+"""The registry: ``extra["kind"]`` of an ``irm_config.json`` -> the class that loads it."""
+
 
 def adapter_kind(config: IRMConfig) -> str:
     """``irm``, ``low-rank irm`` or ``steering``."""
@@ -36,8 +39,7 @@ def load_adapter(
     if not directory.is_dir():
         raise IRMError(f"adapter directory {directory} not found", hint="pass a directory written by `irm train` or `irm steer fit`")
     kind = str(IRMConfig.load(directory).extra.get("kind", "irm"))
-    if kind == STEERING:
-        return SteeringVector.from_pretrained(directory, host, check_host=check_host, device=device)
-    if kind == "irm":
-        return IRM.from_pretrained(directory, host, check_host=check_host, device=device)
-    raise IRMError(f"{directory}: unknown adapter kind {kind!r}", hint="expected an IRM or a steering vector")
+    cls = ADAPTER_CLASSES.get(kind)
+    if cls is None:
+        raise IRMError(f"{directory}: unknown adapter kind {kind!r}", hint="expected one of " + ", ".join(sorted(ADAPTER_CLASSES)))
+    return cls.from_pretrained(directory, host, check_host=check_host, device=device)

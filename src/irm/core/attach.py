@@ -183,7 +183,9 @@ class IRMHandle:
             self._hooks.append(stack.register_forward_hook(self._end_forward))
             for (layer_idx, site), k in sorted(points.items(), key=lambda p: (p[0][0], SITES.index(p[0][1]))):
                 is_source = (layer_idx, site) == source
-                self._sites.append(SiteHook(self.spec, self._host_layers[layer_idx], site, self._site_function(is_source, k), reads=is_source))
+                self._sites.append(
+                    SiteHook(self.spec, self._host_layers[layer_idx], site, self._site_function(is_source, k), reads=is_source)
+                )
         except BaseException:
             self._remove_hooks()
             raise

@@ -56,7 +56,9 @@ class IRMSpec:
     width_multiplier: float = field(default=3.0, metadata=_help("Hidden width as a multiple of the host's [3]."))
     rank: int | None = field(default=None, metadata=_help("Low-rank IRM: factorise the output layer through this rank."))
     """If set, the output linear is factorised through a bottleneck of this rank."""
-    output_init: str = field(default="zeros", metadata=_help("zeros (the IRM starts as the identity on the host) or default (PyTorch's init)."))
+    output_init: str = field(
+        default="zeros", metadata=_help("zeros (the IRM starts as the identity on the host) or default (PyTorch's init).")
+    )
     """``zeros``: the IRM starts as the identity on the host; ``default``: PyTorch's init."""
 
     def __post_init__(self) -> None:
@@ -72,8 +74,12 @@ class IRMSpec:
             ("input_site", isinstance(self.input_site, str) and self.input_site in SITES, "must be one of " + sites, "resid_mid"),
             ("input_layer", _whole(self.input_layer) and self.input_layer >= 0, "must be a whole number >= 0", "0"),
             ("depth", _whole(self.depth) and self.depth >= 0, "must be a whole number >= 0", "4"),
-            ("width_multiplier", _number(self.width_multiplier) and 0 < self.width_multiplier <= MAX_WIDTH_MULTIPLIER,
-             f"must be a positive number up to {MAX_WIDTH_MULTIPLIER:g}", "3"),
+            (
+                "width_multiplier",
+                _number(self.width_multiplier) and 0 < self.width_multiplier <= MAX_WIDTH_MULTIPLIER,
+                f"must be a positive number up to {MAX_WIDTH_MULTIPLIER:g}",
+                "3",
+            ),
             ("rank", self.rank is None or (_whole(self.rank) and self.rank >= 1), "must be a whole number >= 1", "64"),
             ("output_init", isinstance(self.output_init, str) and self.output_init in OUTPUT_INITS, "must be zeros or default", "zeros"),
         ]
@@ -147,11 +153,13 @@ class IRMConfig(IRMSpec):
             try:
                 self.host = HostIdentity(**self.host)
             except TypeError as exc:
-                raise IRMError(f"host: {exc}".replace("HostIdentity.__init__() ", ""), hint="fix host in the file, or re-save this IRM") from None
+                raise IRMError(
+                    f"host: {exc}".replace("HostIdentity.__init__() ", ""), hint="fix host in the file, or re-save this IRM"
+                ) from None
         if not isinstance(self.host, HostIdentity):
             raise IRMError(f"host must be an object, got {self.host!r}", hint="fix host in the file, or re-save this IRM")
         if not isinstance(self.layers, (list, tuple)) or not all(_whole(i) for i in self.layers):
-            raise IRMError(f"layers must be a list of whole numbers, got {self.layers!r}", hint="e.g. \"layers\": [0, 1, 2]")
+            raise IRMError(f"layers must be a list of whole numbers, got {self.layers!r}", hint='e.g. "layers": [0, 1, 2]')
         if len(set(self.layers)) != len(self.layers):
             raise IRMError(f"layers lists a layer twice: {self.layers!r}", hint="list each injected layer once")
         self.layers = sorted(int(i) for i in self.layers)
@@ -163,11 +171,15 @@ class IRMConfig(IRMSpec):
         if not self.layers:
             raise IRMError("an IRM needs at least one injected layer", hint="use --layers all or e.g. --layers 0-7")
         if self.layers[0] < 0 or self.layers[-1] >= self.host.num_layers:
-            raise IRMError(f"injected layers {self.layers} out of range for a {self.host.num_layers}-layer host",
-                           hint=f"pick layers between 0 and {self.host.num_layers - 1}")
+            raise IRMError(
+                f"injected layers {self.layers} out of range for a {self.host.num_layers}-layer host",
+                hint=f"pick layers between 0 and {self.host.num_layers - 1}",
+            )
         if self.input_layer >= self.host.num_layers:
-            raise IRMError(f"input_layer {self.input_layer} out of range for a {self.host.num_layers}-layer host",
-                           hint=f"pick a layer between 0 and {self.host.num_layers - 1}")
+            raise IRMError(
+                f"input_layer {self.input_layer} out of range for a {self.host.num_layers}-layer host",
+                hint=f"pick a layer between 0 and {self.host.num_layers - 1}",
+            )
         first = (self.layers[0], SITES.index(self.site))
         source = (self.input_layer, SITES.index(self.input_site))
         if first < source:
@@ -231,8 +243,10 @@ class IRMConfig(IRMSpec):
         path = Path(directory) / CONFIG_NAME
         try:
             if path.is_file() and path.stat().st_size > MAX_JSON_BYTES:
-                raise IRMError(f"{path} is {path.stat().st_size} bytes, too large for an IRM config",
-                               hint="the file is damaged; re-save or re-train this IRM")
+                raise IRMError(
+                    f"{path} is {path.stat().st_size} bytes, too large for an IRM config",
+                    hint="the file is damaged; re-save or re-train this IRM",
+                )
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise IRMError(f"{path} not found", hint="point at a directory written by IRM.save_pretrained") from None
@@ -243,7 +257,9 @@ class IRMConfig(IRMSpec):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IRMError(f"{path} is not valid JSON: {exc}", hint="the file is damaged; re-save or re-train this IRM") from None
         except RecursionError:
-            raise IRMError(f"{path} is nested too deeply to be an IRM config", hint="the file is damaged; re-save or re-train this IRM") from None
+            raise IRMError(
+                f"{path} is nested too deeply to be an IRM config", hint="the file is damaged; re-save or re-train this IRM"
+            ) from None
         if not isinstance(data, dict):
             raise IRMError(f"{path} must hold a JSON object", hint="the file is damaged; re-save or re-train this IRM")
         try:
@@ -251,5 +267,6 @@ class IRMConfig(IRMSpec):
         except IRMError as exc:
             raise type(exc)(f"{path}: {exc.message}", hint=exc.hint or "fix the file, or re-save or re-train this IRM") from None
         except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
-            raise IRMError(f"{path}: malformed IRM config ({type(exc).__name__}: {exc})",
-                           hint="the file is damaged; re-save or re-train this IRM") from None
+            raise IRMError(
+                f"{path}: malformed IRM config ({type(exc).__name__}: {exc})", hint="the file is damaged; re-save or re-train this IRM"
+            ) from None

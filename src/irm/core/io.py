@@ -126,7 +126,10 @@ def check_output_file(path: str | Path, *, overwrite: bool, option: str = "--out
     a symbolic link, in a writable folder, and new unless ``overwrite``."""
     path = Path(path)
     if path.is_symlink():
-        raise IRMError(f"{option} {path} is a symbolic link; irm never writes through links", hint=f"pass the link's target ({os.path.realpath(path)}) or another {option}")
+        raise IRMError(
+            f"{option} {path} is a symbolic link; irm never writes through links",
+            hint=f"pass the link's target ({os.path.realpath(path)}) or another {option}",
+        )
     if path.is_dir():
         raise IRMError(f"{option} {path} is a folder, not a file", hint=f"name a file, e.g. {option} {path / 'out'}")
     if path.exists() and not overwrite:
@@ -150,19 +153,28 @@ def check_output_dir(
     never replaced), and never the root, the home folder or the working directory."""
     path = Path(path)
     if path.is_symlink():
-        raise IRMError(f"{option} {path} is a symbolic link; irm never writes or deletes through links", hint=f"pass the link's target ({os.path.realpath(path)}) or another {option}")
+        raise IRMError(
+            f"{option} {path} is a symbolic link; irm never writes or deletes through links",
+            hint=f"pass the link's target ({os.path.realpath(path)}) or another {option}",
+        )
     if path.exists() and not path.is_dir():
         raise IRMError(f"{option} {path} is a file, not a folder", hint=f"choose another {option}")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
-            raise IRMError(f"{option} {path} already exists and is not empty",
-                           hint=f"pass --overwrite to replace it{resume_hint}, or choose another {option}")
+            raise IRMError(
+                f"{option} {path} already exists and is not empty",
+                hint=f"pass --overwrite to replace it{resume_hint}, or choose another {option}",
+            )
         why = _protected(path)
         if why is not None:
-            raise IRMError(f"{option} {path} is {why}; --overwrite never replaces it", hint=f"choose a new folder for {option}, e.g. {option} runs/new")
+            raise IRMError(
+                f"{option} {path} is {why}; --overwrite never replaces it", hint=f"choose a new folder for {option}, e.g. {option} runs/new"
+            )
         if not is_ours(path):
-            raise IRMError(f"{option} {path} holds files that are not {kind}; --overwrite replaces only {kind}",
-                           hint=f"choose a new or empty folder for {option}, or move those files away first")
+            raise IRMError(
+                f"{option} {path} holds files that are not {kind}; --overwrite replaces only {kind}",
+                hint=f"choose a new or empty folder for {option}, or move those files away first",
+            )
         check_removable(path, option)
     _check_parent_writable(path, option)
     return path
@@ -171,13 +183,17 @@ def check_output_dir(
 def check_removable(path: Path, option: str = "--out") -> None:
     """Refuse, before deleting anything, a tree that could not be deleted whole (a folder
     in it that is not writable, a link to a folder)."""
-    for folder, dirs, _files in os.walk(path, followlinks=False):
+    for folder, _dirs, _files in os.walk(path, followlinks=False):
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise IRMError(f"{option} {path} cannot be replaced: {folder} is not writable, so part of it could not be deleted",
-                           hint=f"make {folder} writable, or choose another {option}; nothing was deleted")
+            raise IRMError(
+                f"{option} {path} cannot be replaced: {folder} is not writable, so part of it could not be deleted",
+                hint=f"make {folder} writable, or choose another {option}; nothing was deleted",
+            )
     parent = path.absolute().parent
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise IRMError(f"{option} {path} cannot be replaced: {parent} is not writable", hint=f"choose another {option}; nothing was deleted")
+        raise IRMError(
+            f"{option} {path} cannot be replaced: {parent} is not writable", hint=f"choose another {option}; nothing was deleted"
+        )
 
 
 def remove_tree(path: Path, option: str = "--out") -> None:

@@ -217,7 +217,9 @@ class SiteHook:
 
 
 @contextmanager
-def reading_sites(spec: ArchitectureSpec, model: nn.Module, points: Iterable[tuple[int, str]], fn: Callable[[int, str, Tensor], None]) -> Iterator[None]:
+def reading_sites(
+    spec: ArchitectureSpec, model: nn.Module, points: Iterable[tuple[int, str]], fn: Callable[[int, str, Tensor], None]
+) -> Iterator[None]:
     """Call ``fn(layer, site, resid)`` at each ``(layer, site)`` point during the forward
     passes inside the block (reading only); every hook is removed on exit, also on errors."""
     hooks: list[SiteHook] = []

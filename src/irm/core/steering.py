@@ -64,10 +64,12 @@ class SteeringVector(nn.Module):
             directory.mkdir(parents=True, exist_ok=True)
         state = {"vectors": self.vectors.detach().contiguous().cpu()}
         # both files are complete on disk before either replaces an older one
-        atomic_write_all([
-            (directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"})),
-            (directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8")),
-        ])
+        atomic_write_all(
+            [
+                (directory / WEIGHTS_NAME, save_safetensors(state, metadata={"format": "pt"})),
+                (directory / CONFIG_NAME, (json.dumps(self.config.to_dict(), indent=2) + "\n").encode("utf-8")),
+            ]
+        )
         return directory
 
     @classmethod
@@ -95,8 +97,14 @@ def steering_config(host: Host, layers: Sequence[int], site: str, extra: dict[st
     """An IRM config whose input point is the first injection point (the vector ignores it)."""
     first = min(layers)
     return IRMConfig(
-        host=host.identity(), layers=list(layers), site=site, input_layer=first, input_site=site,
-        depth=0, width_multiplier=1.0, extra={**(extra or {}), "kind": KIND},
+        host=host.identity(),
+        layers=list(layers),
+        site=site,
+        input_layer=first,
+        input_site=site,
+        depth=0,
+        width_multiplier=1.0,
+        extra={**(extra or {}), "kind": KIND},
     )
 
 

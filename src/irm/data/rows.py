@@ -99,7 +99,9 @@ def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
                 try:
                     item = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})", hint="each line must be one JSON object") from None
+                    raise DataError(
+                        f"{path}: line {number} is not valid JSON ({exc.msg})", hint="each line must be one JSON object"
+                    ) from None
                 if not isinstance(item, dict):
                     raise DataError(f"{path}: line {number} is not a JSON object", hint='write e.g. {"question": "...", "answer": "..."}')
                 item["__line__"] = number
@@ -145,15 +147,19 @@ def _check_text_values(path: Path, records: Sequence[dict[str, Any]]) -> None:
             value = item.get(column)
             if isinstance(value, (dict, list, tuple, np.ndarray)):
                 kind = "a JSON object" if isinstance(value, dict) else "a list"
-                raise DataError(f"{path}: line {item['__line__']}: column {column!r} holds {kind}, not text",
-                                hint=f"write the {column} as a string (a JSON object is never turned into text silently)")
+                raise DataError(
+                    f"{path}: line {item['__line__']}: column {column!r} holds {kind}, not text",
+                    hint=f"write the {column} as a string (a JSON object is never turned into text silently)",
+                )
             if isinstance(value, str):
                 try:
                     value.encode("utf-8")
                 except UnicodeEncodeError as exc:
-                    raise DataError(f"{path}: line {item['__line__']}: column {column!r} is not valid text "
-                                    f"(character {exc.start + 1} is a lone surrogate)",
-                                    hint="fix the \\uXXXX escapes in that row (a surrogate must come in a pair)") from None
+                    raise DataError(
+                        f"{path}: line {item['__line__']}: column {column!r} is not valid text "
+                        f"(character {exc.start + 1} is a lone surrogate)",
+                        hint="fix the \\uXXXX escapes in that row (a surrogate must come in a pair)",
+                    ) from None
 
 
 def _column_error(path: Path, columns: Sequence[str]) -> DataError:
@@ -416,9 +422,11 @@ class LengthGroupedBatches:
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         if self.group_by_length:
             chunk = size * self.window
-            order = np.concatenate(
-                [c[np.argsort(-self.lengths[c], kind="stable")] for c in np.array_split(order, max(1, -(-n // chunk)))]
-            ) if n else order
+            order = (
+                np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in np.array_split(order, max(1, -(-n // chunk)))])
+                if n
+                else order
+            )
         batches = [order[i : i + size] for i in range(0, n - size + 1, size)] if n >= size else [order]
         if self.shuffle and self.group_by_length:
             batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -475,8 +483,9 @@ def check_data(
         report.errors.append(str(_column_error(path, columns)))
         return report
     if prompts_only:
-        report.warnings.append("prompts only (no answer column): usable as --prompts for generate, record, analyze and "
-                               "evaluate, not as training data")
+        report.warnings.append(
+            "prompts only (no answer column): usable as --prompts for generate, record, analyze and evaluate, not as training data"
+        )
     fields = ("question", "answer") if qa else ("text",) if "text" in columns else (prompt_column(columns),)
     empty = [int(r["__line__"]) for r in records if any(not _text(r.get(f)) for f in fields)]
     if empty:

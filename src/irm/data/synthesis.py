@@ -166,11 +166,17 @@ class CandidateMaker:
             self.host = load_host(self.config.generator)
         prompts = [
             self.config.prompt_template.format(tone=TONE[self.config.emotion], question=r.question, answer=r.answer)
-            for r in rows for _ in range(k)
+            for r in rows
+            for _ in range(k)
         ]
         outs = generate(
-            self.host, prompts, greedy=False, temperature=self.config.temperature, seed=batch_seed,
-            max_new_tokens=self.config.max_new_tokens, batch_size=max(1, self.config.batch_size * k),
+            self.host,
+            prompts,
+            greedy=False,
+            temperature=self.config.temperature,
+            seed=batch_seed,
+            max_new_tokens=self.config.max_new_tokens,
+            batch_size=max(1, self.config.batch_size * k),
         )
         texts = [_clean(g.text) for g in outs]
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
@@ -318,8 +324,15 @@ def synthesize(
                     kept = facts_kept(row.answer or "", text)
                     key = (kept, score.probs[config.emotion])
                     if best is None or key > (best["facts_kept"], best[f"p_{config.emotion}"]):
-                        best = {"question": row.question, "answer": text, "origin": origin, "source_answer": row.answer,
-                                "emotion": config.emotion, "facts_kept": round(kept, 4), **score.to_dict()}
+                        best = {
+                            "question": row.question,
+                            "answer": text,
+                            "origin": origin,
+                            "source_answer": row.answer,
+                            "emotion": config.emotion,
+                            "facts_kept": round(kept, 4),
+                            **score.to_dict(),
+                        }
                 done[i] = best
             with writing(partial):  # a full disk: the finished batches stay, a torn line is cut off next time
                 log.writelines(json.dumps({"index": i, "row": done[i]}, ensure_ascii=False) + "\n" for i in idx)
@@ -329,15 +342,23 @@ def synthesize(
                 progress(len(done), len(source_rows))
     kept_rows = [done[i] for i in range(len(source_rows)) if done.get(i)]
     provenance = {
-        "output": str(out), "config": asdict(config), "origin": origin,
-        "source_rows": len(source_rows), "kept": len(kept_rows), "dropped": len(source_rows) - len(kept_rows),
+        "output": str(out),
+        "config": asdict(config),
+        "origin": origin,
+        "source_rows": len(source_rows),
+        "kept": len(kept_rows),
+        "dropped": len(source_rows) - len(kept_rows),
         "median_facts_kept": statistics.median([r["facts_kept"] for r in kept_rows]) if kept_rows else None,
         "prompt_template": config.prompt_template if config.method == "rewrite" else None,
         "seconds": round(time.time() - started, 1),
     }
     # the table and its provenance replace older ones together, or not at all
-    atomic_write_all([(out, table_writer(kept_rows, out)),
-                      (out.with_name(out.name + ".provenance.json"), (json.dumps(provenance, indent=2) + "\n").encode("utf-8"))])
+    atomic_write_all(
+        [
+            (out, table_writer(kept_rows, out)),
+            (out.with_name(out.name + ".provenance.json"), (json.dumps(provenance, indent=2) + "\n").encode("utf-8")),
+        ]
+    )
     partial.unlink(missing_ok=True)
     settings_path(out).unlink(missing_ok=True)
     return provenance

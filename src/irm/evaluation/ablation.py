@@ -51,8 +51,10 @@ def check_indices(indices: Sequence[int], hidden_size: int) -> list[int]:
     chosen = sorted(set(int(i) for i in indices))
     bad = [i for i in chosen if not 0 <= i < hidden_size]
     if not chosen or bad:
-        raise IRMError(f"indices {bad or 'none'} are not hidden indices of a hidden-{hidden_size} host",
-                       hint=f"pass indices between 0 and {hidden_size - 1}, e.g. --indices 5,17, or --indices auto")
+        raise IRMError(
+            f"indices {bad or 'none'} are not hidden indices of a hidden-{hidden_size} host",
+            hint=f"pass indices between 0 and {hidden_size - 1}, e.g. --indices 5,17, or --indices auto",
+        )
     if len(chosen) * 2 > hidden_size:
         raise IRMError(f"{len(chosen)} of {hidden_size} indices leave too few for random controls", hint="ablate fewer indices")
     return chosen
@@ -104,8 +106,13 @@ def ablate(
     random_sets = [sorted(int(i) for i in rng.choice(others, size=len(chosen), replace=False)) for _ in range(draws)]
     random_runs = [run(zero_indices(s)) for s in random_sets]
     report: dict[str, Any] = {
-        "indices": chosen, "prompts": len(prompts), "draws": draws, "seed": seed,
-        "host": host_metrics, "irm": irm_metrics, "ablated": ablated,
+        "indices": chosen,
+        "prompts": len(prompts),
+        "draws": draws,
+        "seed": seed,
+        "host": host_metrics,
+        "irm": irm_metrics,
+        "ablated": ablated,
         "random": [{"indices": s, **m} for s, m in zip(random_sets, random_runs)],
         "change_ablated": _delta(ablated, irm_metrics),
     }

@@ -81,8 +81,13 @@ class Condition:
     metrics: dict[str, Estimate] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "adapter": self.adapter, "kind": self.kind, "strength": self.strength,
-                "metrics": {k: e._asdict() for k, e in self.metrics.items()}}
+        return {
+            "name": self.name,
+            "adapter": self.adapter,
+            "kind": self.kind,
+            "strength": self.strength,
+            "metrics": {k: e._asdict() for k, e in self.metrics.items()},
+        }
 
 
 @dataclass
@@ -111,8 +116,15 @@ class EvalReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "target_emotion": self.target_emotion, "prompts": self.prompts, "samples": self.samples,
-                "settings": self.settings, "conditions": [c.to_dict() for c in self.conditions], "curves": self.curves()}
+        return {
+            "host": self.host,
+            "target_emotion": self.target_emotion,
+            "prompts": self.prompts,
+            "samples": self.samples,
+            "settings": self.settings,
+            "conditions": [c.to_dict() for c in self.conditions],
+            "curves": self.curves(),
+        }
 
 
 def _curve_point(strength: float, c: Condition) -> dict[str, Any]:
@@ -199,17 +211,41 @@ def evaluate(
         label = HOST if adapter is None else f"{name} x{strength:g}"
         conditions.append(Condition(label, name, kind, strength, _measure(run, sc, pp, drift, host_target, target, n_boot, seed)))
         for j, (g, s) in enumerate(zip(run, sc)):
-            records.append({"condition": label, "adapter": name, "strength": strength, "prompt": g.prompt, "sample": j // len(prompts),
-                            "text": g.text, "tokens": len(g.token_ids), "top": s.top, f"p_{target}": round(s.probs[target], 4),
-                            "valence": round(s.valence, 4), "perplexity": round(pp[j], 3) if math.isfinite(pp[j]) else None})
-    settings = {"seed": seed, "n_boot": n_boot, "confidence": 0.95, "kl": "KL(P_adapter || P_host), nats, mean over prompt positions",
-                "strengths": strengths, **options}
+            records.append(
+                {
+                    "condition": label,
+                    "adapter": name,
+                    "strength": strength,
+                    "prompt": g.prompt,
+                    "sample": j // len(prompts),
+                    "text": g.text,
+                    "tokens": len(g.token_ids),
+                    "top": s.top,
+                    f"p_{target}": round(s.probs[target], 4),
+                    "valence": round(s.valence, 4),
+                    "perplexity": round(pp[j], 3) if math.isfinite(pp[j]) else None,
+                }
+            )
+    settings = {
+        "seed": seed,
+        "n_boot": n_boot,
+        "confidence": 0.95,
+        "kl": "KL(P_adapter || P_host), nats, mean over prompt positions",
+        "strengths": strengths,
+        **options,
+    }
     return EvalReport(host.name, target, len(prompts), samples, settings, conditions, records)
 
 
 def _measure(
-    run: list[Generation], scores: list[EmotionScore], ppl: list[float], drift: list[float], host_target: list[float],
-    target: str, n_boot: int, seed: int,
+    run: list[Generation],
+    scores: list[EmotionScore],
+    ppl: list[float],
+    drift: list[float],
+    host_target: list[float],
+    target: str,
+    n_boot: int,
+    seed: int,
 ) -> dict[str, Estimate]:
     """Every metric of one condition, each a mean with its bootstrap interval."""
     texts = [g.text for g in run]
@@ -257,8 +293,10 @@ def check_report_dir(out: str | Path, *, overwrite: bool, option: str = "--out")
         check_output_dir(out, overwrite=False, is_ours=lambda _: False, kind="an evaluation", option=option)
     existing = [name for name in REPORT_FILES if (out / name).exists() or (out / name).is_symlink()]
     if existing and not overwrite:
-        raise IRMError(f"{option} {out} already holds an evaluation ({', '.join(existing)})",
-                       hint=f"pass --overwrite to replace it, or choose another {option}")
+        raise IRMError(
+            f"{option} {out} already holds an evaluation ({', '.join(existing)})",
+            hint=f"pass --overwrite to replace it, or choose another {option}",
+        )
     for name in REPORT_FILES:  # no file of ours may be a folder or a link; the folder must be writable
         check_output_file(out / name, overwrite=True, option=option)
     return out
@@ -281,12 +319,14 @@ def write_report(report: EvalReport, out: str | Path) -> dict[str, Path]:
     for c in report.conditions:
         writer.writerow([c.name, c.adapter, c.kind, c.strength] + [v for m in METRICS for v in c.metrics[m]])
     generations = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in report.generations)
-    atomic_write_all([
-        (paths["report.json"], (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8")),
-        (paths["report.csv"], table.getvalue().encode("utf-8")),
-        (paths["generations.jsonl"], generations.encode("utf-8")),
-        (paths["curve.png"], lambda path: plot_curves(report, path, format="png")),
-    ])
+    atomic_write_all(
+        [
+            (paths["report.json"], (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8")),
+            (paths["report.csv"], table.getvalue().encode("utf-8")),
+            (paths["generations.jsonl"], generations.encode("utf-8")),
+            (paths["curve.png"], lambda path: plot_curves(report, path, format="png")),
+        ]
+    )
     return paths
 
 

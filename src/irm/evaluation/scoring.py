@@ -56,8 +56,13 @@ class EmotionScore:
         return first - second
 
     def to_dict(self) -> dict[str, Any]:
-        return {"top": self.top, "margin": round(self.margin, 4), **{f"p_{k}": round(v, 4) for k, v in self.probs.items()},
-                "valence": round(self.valence, 4), **{f"plutchik_{k}": round(v, 4) for k, v in self.plutchik.items()}}
+        return {
+            "top": self.top,
+            "margin": round(self.margin, 4),
+            **{f"p_{k}": round(v, 4) for k, v in self.probs.items()},
+            "valence": round(self.valence, 4),
+            **{f"plutchik_{k}": round(v, 4) for k, v in self.plutchik.items()},
+        }
 
 
 def read_labelled(path: str | Path) -> tuple[list[str], list[str]]:
@@ -193,9 +198,14 @@ def fit_combiner(train_csv: str | Path, out_json: str | Path, *, c: float = 0.5,
     y = np.array([LABELS.index(lab) for lab in labels])
     model.fit((feats - mean) / scale, y)
     data = {
-        "labels": list(LABELS), "mean": mean.tolist(), "scale": scale.tolist(),
-        "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(),
-        "fitted_on": Path(train_csv).name, "rows": len(texts), "C": c,
+        "labels": list(LABELS),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": model.coef_.tolist(),
+        "intercept": model.intercept_.tolist(),
+        "fitted_on": Path(train_csv).name,
+        "rows": len(texts),
+        "C": c,
         "features": "minilm384 + prototype mean/max cosine (4+4) + nade plutchik (8) + vader neg/neu/pos/compound (4)",
     }
     Path(out_json).write_text(json.dumps(data) + "\n", encoding="utf-8")

@@ -173,8 +173,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise HostError(f"unknown dtype {dtype!r}", hint="use auto, float32, bfloat16 or float16")
     return table[dtype]
@@ -197,8 +203,10 @@ def resolve_device(device: str | torch.device | None, *, option: str = "--device
         if not torch.cuda.is_available():
             raise HostError(f"{option} {device!r}: CUDA is not available on this machine", hint="use --device cpu (or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HostError(f"{option} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-                            hint=f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise HostError(
+                f"{option} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                hint=f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+            )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise HostError(f"{option} {device!r}: MPS is not available on this machine", hint="use --device cpu (or auto)")
@@ -267,13 +275,23 @@ def _load_pretrained(name_or_path: str, dtype: torch.dtype, allow_download: bool
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise HostError(f"cannot load the model weights of host {name_or_path!r}: {_first_line(exc)}",
-                        hint="the folder's weights are damaged or incomplete; download the model again") from None
+        raise HostError(
+            f"cannot load the model weights of host {name_or_path!r}: {_first_line(exc)}",
+            hint="the folder's weights are damaged or incomplete; download the model again",
+        ) from None
     return model, tokenizer
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "merges.txt", "spiece.model", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "special_tokens_map.json",
+)
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
 
 
@@ -295,8 +313,10 @@ def _check_model_folder(path: Path, config: Any) -> None:
     if getattr(config, "model_type", None) not in supported_model_types():
         raise _not_a_decoder(str(path), config)
     if not any(next(path.glob(pattern), None) is not None for pattern in WEIGHT_PATTERNS):
-        raise HostError(f"model folder {path} has a config.json but no weights (no *.safetensors or *.bin file)",
-                        hint="copy the model's weight files into the folder, or download the model again")
+        raise HostError(
+            f"model folder {path} has a config.json but no weights (no *.safetensors or *.bin file)",
+            hint="copy the model's weight files into the folder, or download the model again",
+        )
 
 
 def _load_tokenizer(source: str, folder: Path | None, local_only: bool) -> PreTrainedTokenizerBase | None:
@@ -306,8 +326,10 @@ def _load_tokenizer(source: str, folder: Path | None, local_only: bool) -> PreTr
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise HostError(f"cannot load the tokenizer of host {source!r}: {_first_line(exc)}",
-                        hint="the tokenizer files are damaged; copy them again from the model") from None
+        raise HostError(
+            f"cannot load the tokenizer of host {source!r}: {_first_line(exc)}",
+            hint="the tokenizer files are damaged; copy them again from the model",
+        ) from None
 
 
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -317,8 +339,10 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     except HostError:
         raise
     except Exception as exc:  # the GGUF reader raises many kinds (ValueError, struct.error, KeyError ...)
-        raise HostError(f"{path} is not a readable GGUF model ({type(exc).__name__}: {_first_line(exc)})",
-                        hint="the file is damaged or not a GGUF of a supported decoder model; download it again") from None
+        raise HostError(
+            f"{path} is not a readable GGUF model ({type(exc).__name__}: {_first_line(exc)})",
+            hint="the file is damaged or not a GGUF of a supported decoder model; download it again",
+        ) from None
     return model.to(dtype), tokenizer  # type: ignore[arg-type]
 
 

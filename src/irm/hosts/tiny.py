@@ -38,8 +38,12 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core,  # type: ignore[no-untyped-call]
-                                    pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,  # type: ignore[no-untyped-call]
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
 
 
 def _common() -> dict[str, Any]:
@@ -48,37 +52,69 @@ def _common() -> dict[str, Any]:
 
 def _llama(layers: int = 4) -> PretrainedConfig:
     return LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, **_common(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **_common(),
     )
 
 
 TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny-random-llama": _llama,
     "tiny-random-mistral": lambda: MistralConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, sliding_window=None, **_common(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=None,
+        **_common(),
     ),
     "tiny-random-qwen2": lambda: Qwen2Config(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, **_common(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **_common(),
     ),
     "tiny-random-gemma3": lambda: Gemma3TextConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=16,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=16,
         **_common(),
     ),
     "tiny-random-gpt2": lambda: GPT2Config(
-        n_embd=64, n_layer=4, n_head=4, n_positions=512, **_common(),
+        n_embd=64,
+        n_layer=4,
+        n_head=4,
+        n_positions=512,
+        **_common(),
     ),
     "tiny-random-gpt-neox": lambda: GPTNeoXConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        max_position_embeddings=512, **_common(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        **_common(),
     ),
 }
 
 
-def build_tiny(name: str, dtype: torch.dtype = torch.float32, seed: int = TINY_SEED, config: PretrainedConfig | None = None) -> PreTrainedModel:
+def build_tiny(
+    name: str, dtype: torch.dtype = torch.float32, seed: int = TINY_SEED, config: PretrainedConfig | None = None
+) -> PreTrainedModel:
     """Build a random-weight model for a ``tiny-random-*`` name (or an explicit config)."""
     config = config if config is not None else TINY_CONFIGS[name]()
     with torch.random.fork_rng(devices=[]):

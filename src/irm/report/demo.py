@@ -40,10 +40,19 @@ class DemoSettings:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            host=self.host, data=self.data, layers=self.layers, max_steps=self.max_steps, lr=self.lr,
-            batch_size=self.batch_size, out=str(self.out), val_every=max(1, self.max_steps // 2),
-            checkpoint_every=max(1, self.max_steps // 2), log_every=2, max_length=96,
-            val_fraction=0.02, test_fraction=0.02,
+            host=self.host,
+            data=self.data,
+            layers=self.layers,
+            max_steps=self.max_steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            out=str(self.out),
+            val_every=max(1, self.max_steps // 2),
+            checkpoint_every=max(1, self.max_steps // 2),
+            log_every=2,
+            max_length=96,
+            val_fraction=0.02,
+            test_fraction=0.02,
         )
 
 
@@ -55,7 +64,9 @@ def _step(console: Console, name: str, fn: Callable[[], object]) -> object:
     return result
 
 
-def side_by_side(run: Path, host_name: str, prompts: list[str], strengths: tuple[float, ...] = (1.0, 2.0), max_new_tokens: int = 40) -> Path:
+def side_by_side(
+    run: Path, host_name: str, prompts: list[str], strengths: tuple[float, ...] = (1.0, 2.0), max_new_tokens: int = 40
+) -> Path:
     """Greedy generations with the IRM off and at each strength, written to RUN/generations.json."""
     from irm.core.attach import attach
     from irm.core.network import IRM
@@ -82,9 +93,14 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
     console = console or Console(stderr=True, emoji=False)
     started = time.perf_counter()
     run = settings.out
-    _step(console, f"training an IRM on {settings.data} ({settings.max_steps} steps)",
-          lambda: train(settings.train_config(), overwrite=True, progress=True))
-    _step(console, "generating side by side", lambda: side_by_side(run, settings.host, DEMO_PROMPTS, max_new_tokens=settings.max_new_tokens))
+    _step(
+        console,
+        f"training an IRM on {settings.data} ({settings.max_steps} steps)",
+        lambda: train(settings.train_config(), overwrite=True, progress=True),
+    )
+    _step(
+        console, "generating side by side", lambda: side_by_side(run, settings.host, DEMO_PROMPTS, max_new_tokens=settings.max_new_tokens)
+    )
     for name, stage in _optional_stages(settings):
         _step(console, name, stage)
     page = _step(console, "writing the report", lambda: build_report(run))
@@ -97,8 +113,9 @@ def analyse(run: Path, settings: DemoSettings) -> object:
     """Record the IRM on held-out prompts (RUN/record) and analyse it (RUN/analysis)."""
     from irm.analysis.pipeline import AnalyzeOptions, analyze
 
-    options = AnalyzeOptions(k=10, token_plots=3, frames=12, prompt_limit=12, neutral_limit=12,
-                             max_new_tokens=min(24, settings.max_new_tokens))
+    options = AnalyzeOptions(
+        k=10, token_plots=3, frames=12, prompt_limit=12, neutral_limit=12, max_new_tokens=min(24, settings.max_new_tokens)
+    )
     return analyze([run], RunDir(run).analysis, options)
 
 
@@ -133,8 +150,7 @@ def evaluate_run(run: Path, settings: DemoSettings, emotion: str = "anger") -> o
     host = load_host(settings.host)
     adapter = load_adapter(RunDir(run).irm, host)
     prompts = read_prompts("builtin:prompts")[: settings.eval_prompts]
-    report = evaluate(host, {"irm": adapter}, prompts, target=emotion, strengths=(1.0, 2.0),
-                      max_new_tokens=settings.max_new_tokens, seed=0)
+    report = evaluate(host, {"irm": adapter}, prompts, target=emotion, strengths=(1.0, 2.0), max_new_tokens=settings.max_new_tokens, seed=0)
     return write_report(report, RunDir(run).eval)
 
 

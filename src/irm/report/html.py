@@ -40,13 +40,30 @@ import yaml
 from irm.errors import IRMError
 from irm.training.rundir import RunDir
 
-SECTIONS = (("eval", "Evaluation: alignment and fluency"), ("analysis", "Inside the IRM: stripes and dominant indices"),
-            ("ablation", "Ablation of dominant indices"))
+SECTIONS = (
+    ("eval", "Evaluation: alignment and fluency"),
+    ("analysis", "Inside the IRM: stripes and dominant indices"),
+    ("ablation", "Ablation of dominant indices"),
+)
 EVAL_TITLES = {"alignment": "Alignment", "fluency": "Fluency", "drift": "Drift from the host"}
 """Table titles of the evaluation's metric groups (:data:`irm.evaluation.evaluate.METRIC_GROUPS`);
 a metric in no group gets a table "Other metrics"."""
-OUTCOME_KEYS = ("host", "data", "layers", "irm_parameters", "global_step", "epochs_completed", "train_loss", "val_loss",
-                "val_ppl", "test_loss", "real_tokens_per_second", "wall_seconds", "world_size", "ranks_identical")
+OUTCOME_KEYS = (
+    "host",
+    "data",
+    "layers",
+    "irm_parameters",
+    "global_step",
+    "epochs_completed",
+    "train_loss",
+    "val_loss",
+    "val_ppl",
+    "test_loss",
+    "real_tokens_per_second",
+    "wall_seconds",
+    "world_size",
+    "ranks_identical",
+)
 MAX_LIST = 12
 """Longer lists are cut to their first MAX_LIST items in a cell."""
 RAW_LIMIT = 20_000
@@ -66,8 +83,11 @@ def sig3(value: float) -> str:
 
 def is_estimate(value: Any) -> bool:
     """Whether ``value`` is an estimate with its interval, as JSON: ``{"mean", "lo", "hi"}``."""
-    return isinstance(value, Mapping) and {"mean", "lo", "hi"} <= set(value) and all(
-        isinstance(value[k], (int, float)) or value[k] is None for k in ("mean", "lo", "hi"))
+    return (
+        isinstance(value, Mapping)
+        and {"mean", "lo", "hi"} <= set(value)
+        and all(isinstance(value[k], (int, float)) or value[k] is None for k in ("mean", "lo", "hi"))
+    )
 
 
 def estimate_text(value: Mapping[str, Any]) -> str:
@@ -133,8 +153,15 @@ class Section:
     blocks: list[Block] = field(default_factory=list)
 
 
-def table(records: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, caption: str = "",
-          cls: str = "", level: int = 3, empty: str = "") -> Block:
+def table(
+    records: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    caption: str = "",
+    cls: str = "",
+    level: int = 3,
+    empty: str = "",
+) -> Block:
     """A table of records (one row each), its columns the records' keys in order."""
     columns = list(columns or dict.fromkeys(k for r in records for k in r))
     rows = [[c if isinstance(c, Cell) else cell(c) for c in (r.get(col) for col in columns)] for r in records]
@@ -221,12 +248,21 @@ def eval_blocks(report: Mapping[str, Any]) -> list[Block]:
         records = []
         for c in conditions:
             strength = c.get("strength")
-            records.append({"condition": c.get("name", ""), "strength": strength if c.get("adapter") != "host" else "",
-                            **{METRICS.get(m, m): c.get("metrics", {}).get(m) for m in metrics}})
+            records.append(
+                {
+                    "condition": c.get("name", ""),
+                    "strength": strength if c.get("adapter") != "host" else "",
+                    **{METRICS.get(m, m): c.get("metrics", {}).get(m) for m in metrics},
+                }
+            )
         blocks.append(table(records, ["condition", "strength", *(METRICS.get(m, m) for m in metrics)], caption=title))
     if report.get("target_emotion"):
-        blocks.append(Block("note", text=f"each cell: mean [95% bootstrap interval]; p(target) is the scorer's "
-                                         f"probability of {report['target_emotion']}"))
+        blocks.append(
+            Block(
+                "note",
+                text=f"each cell: mean [95% bootstrap interval]; p(target) is the scorer's probability of {report['target_emotion']}",
+            )
+        )
     if report.get("settings"):
         blocks.append(key_values(report["settings"], caption="Settings", level=4))
     return blocks
@@ -246,8 +282,12 @@ def analysis_blocks(summary: Mapping[str, Any], label: str = "") -> list[Block]:
     """An analysis ``summary.json``: striation, dominant indices, sparsity, coincidence with
     the host's outlier dimensions and, across runs, the consistency of the indices."""
     if isinstance(summary.get("runs"), list):  # several inputs: one part per run, then the comparison
-        blocks = [b for run in summary["runs"] if isinstance(run, Mapping)
-                  for b in analysis_blocks(run, str(run.get("label", run.get("input", ""))))]
+        blocks = [
+            b
+            for run in summary["runs"]
+            if isinstance(run, Mapping)
+            for b in analysis_blocks(run, str(run.get("label", run.get("input", ""))))
+        ]
         for host, report in (summary.get("consistency") or {}).items():
             blocks.extend(consistency_blocks(report, host))
         return blocks
@@ -269,8 +309,13 @@ def analysis_blocks(summary: Mapping[str, Any], label: str = "") -> list[Block]:
         blocks.append(table(rows, caption="Dominant hidden indices", level=4))
     coincidence = summary.get("coincidence_with_host")
     if isinstance(coincidence, Mapping) and coincidence:
-        blocks.append(table([{"host signal": name, **(v if isinstance(v, Mapping) else {"value": v})} for name, v in coincidence.items()],
-                            caption="Coincidence with the host's outlier dimensions", level=4))
+        blocks.append(
+            table(
+                [{"host signal": name, **(v if isinstance(v, Mapping) else {"value": v})} for name, v in coincidence.items()],
+                caption="Coincidence with the host's outlier dimensions",
+                level=4,
+            )
+        )
     if isinstance(summary.get("host_gradients"), Mapping):
         blocks.extend(readable(summary["host_gradients"], "the host's training-loss gradient at the IRM's sites"))
     return blocks
@@ -295,18 +340,40 @@ def ablation_blocks(report: Mapping[str, Any]) -> list[Block]:
     and the change that zeroing the dominant indices makes, against random indices."""
     if not isinstance(report.get("irm"), Mapping):
         return readable(report)
-    key = {k: report[k] for k in ("indices", "prompts", "draws", "seed", "target", "irm_effect", "effect_removed_ablated",
-                                  "effect_removed_random") if k in report}
+    key = {
+        k: report[k]
+        for k in ("indices", "prompts", "draws", "seed", "target", "irm_effect", "effect_removed_ablated", "effect_removed_random")
+        if k in report
+    }
     blocks = [key_values(key, caption="Ablation", first="measure")] if key else []
     metrics = list(report["irm"])
     conditions = [("host alone", report.get("host")), ("IRM", report.get("irm")), ("IRM, dominant indices zeroed", report.get("ablated"))]
     conditions += [(f"IRM, random indices {i + 1} zeroed", r) for i, r in enumerate(report.get("random") or [])]
-    blocks.append(table([{"condition": name, **{m: values.get(m) for m in metrics}} for name, values in conditions
-                         if isinstance(values, Mapping)], ["condition", *metrics], caption="Metrics", level=4))
-    changes = [("dominant indices zeroed", report.get("change_ablated")), ("random indices zeroed (mean)", report.get("change_random_mean")),
-               ("random indices zeroed (std)", report.get("change_random_std"))]
-    blocks.append(table([{"change from the IRM": name, **{m: values.get(m) for m in metrics}} for name, values in changes
-                         if isinstance(values, Mapping)], ["change from the IRM", *metrics], caption="Effects", level=4))
+    blocks.append(
+        table(
+            [{"condition": name, **{m: values.get(m) for m in metrics}} for name, values in conditions if isinstance(values, Mapping)],
+            ["condition", *metrics],
+            caption="Metrics",
+            level=4,
+        )
+    )
+    changes = [
+        ("dominant indices zeroed", report.get("change_ablated")),
+        ("random indices zeroed (mean)", report.get("change_random_mean")),
+        ("random indices zeroed (std)", report.get("change_random_std")),
+    ]
+    blocks.append(
+        table(
+            [
+                {"change from the IRM": name, **{m: values.get(m) for m in metrics}}
+                for name, values in changes
+                if isinstance(values, Mapping)
+            ],
+            ["change from the IRM", *metrics],
+            caption="Effects",
+            level=4,
+        )
+    )
     return blocks
 
 
@@ -384,8 +451,13 @@ def generations_section(run: Path) -> Section | None:
 @cache
 def environment() -> jinja2.Environment:
     """The templates in ``irm/report/templates`` (package data), autoescaped."""
-    return jinja2.Environment(loader=jinja2.PackageLoader("irm.report", "templates"), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("irm.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def render_page(title: str, sections: Iterable[Section | None]) -> str:
@@ -419,8 +491,14 @@ def sweep_report(sweep: Path, out: Path) -> Path:
         page = run_report(run, RunDir(run).report)
         summary = RunDir(run).read_summary()
         href = Path(os.path.relpath(page.absolute(), out.absolute().parent)).as_posix()
-        values = [summary.get("data", ""), summary.get("layers", ""), summary.get("global_step", ""),
-                  summary.get("val_loss", ""), summary.get("test_loss", ""), "done" if summary else "unfinished"]
+        values = [
+            summary.get("data", ""),
+            summary.get("layers", ""),
+            summary.get("global_step", ""),
+            summary.get("val_loss", ""),
+            summary.get("test_loss", ""),
+            "done" if summary else "unfinished",
+        ]
         rows.append([Cell(run.name, href=href), *(cell(v) for v in values)])
     sections: list[Section | None] = [Section("Runs", [Block("table", columns=columns, rows=rows, empty="(no runs)")])]
     sections.append(folder_section(sweep / "analysis", "Across runs: consistency of dominant indices"))

@@ -23,14 +23,37 @@ HOST_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 ALIASES = {
     # names other training tools use for the same setting
-    "learning_rate": "lr", "learningrate": "lr", "max_epochs": "epochs", "num_epochs": "epochs", "n_epochs": "epochs",
-    "bs": "batch_size", "batchsize": "batch_size", "train_batch_size": "batch_size",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "accumulate",
-    "accumulate_grad_batches": "accumulate", "grad_accum": "accumulate", "model": "host", "model_name": "host",
-    "dataset": "data", "data_path": "data", "train_file": "data", "output_dir": "out", "output": "out", "out_dir": "out",
-    "max_seq_length": "max_length", "seq_len": "max_length", "context_length": "max_length", "gpus": "devices",
-    "nodes": "num_nodes", "irm_layers": "layers", "injection_layers": "layers", "lr_gamma": "gamma",
-    "early_stopping_patience": "patience", "gradient_clip_val": "grad_clip", "max_grad_norm": "grad_clip",
+    "learning_rate": "lr",
+    "learningrate": "lr",
+    "max_epochs": "epochs",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "bs": "batch_size",
+    "batchsize": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "accumulate",
+    "accumulate_grad_batches": "accumulate",
+    "grad_accum": "accumulate",
+    "model": "host",
+    "model_name": "host",
+    "dataset": "data",
+    "data_path": "data",
+    "train_file": "data",
+    "output_dir": "out",
+    "output": "out",
+    "out_dir": "out",
+    "max_seq_length": "max_length",
+    "seq_len": "max_length",
+    "context_length": "max_length",
+    "gpus": "devices",
+    "nodes": "num_nodes",
+    "irm_layers": "layers",
+    "injection_layers": "layers",
+    "lr_gamma": "gamma",
+    "early_stopping_patience": "patience",
+    "gradient_clip_val": "grad_clip",
+    "max_grad_norm": "grad_clip",
 }
 
 
@@ -162,7 +185,9 @@ class TrainConfig(IRMSpec):
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise IRMError(f"{path}: not valid YAML{at} ({problem})", hint="write one `key: value` per line, e.g. `lr: 1.0e-4`") from None
         if not isinstance(data, dict):
-            raise IRMError(f"{path}: the config must be a mapping of settings", hint="write one `key: value` per line, e.g. `batch_size: 8`")
+            raise IRMError(
+                f"{path}: the config must be a mapping of settings", hint="write one `key: value` per line, e.g. `batch_size: 8`"
+            )
         return cls.from_dict(data, source=str(path))
 
     def save(self, path: str | Path) -> None:

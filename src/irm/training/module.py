@@ -25,7 +25,16 @@ from irm.training.penalty import output_penalty
 
 
 class IRMTrainingModule(pl.LightningModule):
-    def __init__(self, host_model: torch.nn.Module, irm: IRM, config: TrainConfig, train: list[Example], val: list[Example], test: list[Example], pad_id: int) -> None:
+    def __init__(
+        self,
+        host_model: torch.nn.Module,
+        irm: IRM,
+        config: TrainConfig,
+        train: list[Example],
+        val: list[Example],
+        test: list[Example],
+        pad_id: int,
+    ) -> None:
         super().__init__()
         self.host = host_model
         self.irm = irm
@@ -92,8 +101,12 @@ class IRMTrainingModule(pl.LightningModule):
         train = self.examples["train"]
         cfg = self.config
         self.batches = LengthGroupedBatches(
-            [len(e.input_ids) for e in train], cfg.batch_size, seed=cfg.seed,
-            group_by_length=cfg.group_by_length, rank=self.global_rank, world_size=self.trainer.world_size,
+            [len(e.input_ids) for e in train],
+            cfg.batch_size,
+            seed=cfg.seed,
+            group_by_length=cfg.group_by_length,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
         )
         if self._resume_position is not None:
             # Lightning keeps counting the batches it restored; we leave them out of the data.
@@ -110,8 +123,13 @@ class IRMTrainingModule(pl.LightningModule):
     def _eval_loader(self, split: str) -> DataLoader:
         examples = sorted(self.examples[split], key=lambda e: len(e.input_ids))
         batches = LengthGroupedBatches(
-            [len(e.input_ids) for e in examples], self.config.batch_size, seed=0, shuffle=False, group_by_length=False,
-            rank=self.global_rank, world_size=self.trainer.world_size,
+            [len(e.input_ids) for e in examples],
+            self.config.batch_size,
+            seed=0,
+            shuffle=False,
+            group_by_length=False,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
         )
         tail = len(examples) % (self.config.batch_size * self.trainer.world_size)
         if tail and self.trainer.world_size == 1:
@@ -186,7 +204,10 @@ class IRMTrainingModule(pl.LightningModule):
         self._eval_sums[1] += count.detach().double()
 
     def _eval_start(self) -> None:
-        self._eval_sums = [torch.zeros((), dtype=torch.float64, device=self.device), torch.zeros((), dtype=torch.float64, device=self.device)]
+        self._eval_sums = [
+            torch.zeros((), dtype=torch.float64, device=self.device),
+            torch.zeros((), dtype=torch.float64, device=self.device),
+        ]
 
     def _eval_end(self, prefix: str) -> None:
         nll, count = self._global(self._eval_sums[0]), self._global(self._eval_sums[1])
@@ -222,6 +243,10 @@ class IRMTrainingModule(pl.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": decay}
         # Both schedulers are chainable (each multiplies the current rate), so the warm-up ramp
         # and the per-epoch decay compose.
-        warmup = {"scheduler": torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / self.config.warmup_steps,
-                                                                 total_iters=self.config.warmup_steps - 1), "interval": "step"}
+        warmup = {
+            "scheduler": torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1 / self.config.warmup_steps, total_iters=self.config.warmup_steps - 1
+            ),
+            "interval": "step",
+        }
         return [optimizer], [warmup, decay]

@@ -73,8 +73,10 @@ def _load(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:
-            raise IRMError(f"{path} is not a readable PyTorch checkpoint ({_detail(exc)})",
-                           hint="the file may be truncated or corrupted; copy it again") from None
+            raise IRMError(
+                f"{path} is not a readable PyTorch checkpoint ({_detail(exc)})",
+                hint="the file may be truncated or corrupted; copy it again",
+            ) from None
         raise IRMError(
             f"refused to load {path}: it holds pickled Python objects, not just tensors (it references "
             f"{found.group(1)}); irm loads checkpoints with weights_only=True and never runs code from them",
@@ -82,8 +84,10 @@ def _load(path: Path) -> Any:
             "where you trust the file, and import that",
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-        raise IRMError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {_detail(exc)})",
-                       hint="the file may be truncated or corrupted; copy it again") from None
+        raise IRMError(
+            f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {_detail(exc)})",
+            hint="the file may be truncated or corrupted; copy it again",
+        ) from None
 
 
 def _detail(exc: BaseException) -> str:
@@ -113,10 +117,12 @@ def _find_layers(hparams: Any, depth: int = 0) -> list[int] | None:
 def _same(a: Tensor, b: Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    shares = (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-              and a.storage_offset() == b.storage_offset() and a.stride() == b.stride())
+    shares = (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.stride() == b.stride()
+    )
     return shares or torch.equal(a, b)  # copies saved from one module share storage: no need to read them
-
 
 
 def read_reference_checkpoint(path: str | Path) -> ReferenceCheckpoint:
@@ -124,8 +130,10 @@ def read_reference_checkpoint(path: str | Path) -> ReferenceCheckpoint:
     path = Path(path)
     ckpt = _load(path)
     if not isinstance(ckpt, Mapping):
-        raise IRMError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict",
-                       hint="pass the Lightning .ckpt file written by the paper's training code")
+        raise IRMError(
+            f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict",
+            hint="pass the Lightning .ckpt file written by the paper's training code",
+        )
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, Mapping):
         raise IRMError(f"{path}: 'state_dict' is a {type(state).__name__}, not a dict of tensors")
@@ -168,13 +176,14 @@ def read_reference_checkpoint(path: str | Path) -> ReferenceCheckpoint:
         other = groups[prefix]
         if set(other) != set(first):
             diff = sorted(set(other) ^ set(first))[0].replace("net.", "basic_forward.")
-            raise IRMError(f"{path}: IRM copies under {prefixes[0]!r} and {prefix!r} hold different tensors "
-                           f"(only one has {diff})", hint="the checkpoint is inconsistent; it cannot be imported")
+            raise IRMError(
+                f"{path}: IRM copies under {prefixes[0]!r} and {prefix!r} hold different tensors (only one has {diff})",
+                hint="the checkpoint is inconsistent; it cannot be imported",
+            )
         for name in sorted(first, key=_net_order):
             if not _same(first[name], other[name]):
                 raise IRMError(
-                    f"{path}: IRM copies under {prefixes[0]!r} and {prefix!r} differ, first at "
-                    f"{name.replace('net.', 'basic_forward.')}",
+                    f"{path}: IRM copies under {prefixes[0]!r} and {prefix!r} differ, first at {name.replace('net.', 'basic_forward.')}",
                     hint="the published code saves identical copies; this checkpoint was edited or is corrupted",
                 )
 
@@ -198,33 +207,42 @@ def _net_order(name: str) -> tuple[int, str]:
 def _check_shapes(ref: ReferenceCheckpoint) -> None:
     indices = ref.linear_indices
     if not indices or indices != list(range(0, 2 * len(indices), 2)):
-        raise IRMError(f"{ref.path}: IRM linear layers at basic_forward indices {indices}, expected 0, 2, 4, ...",
-                       hint="only the paper's Linear/ReLU stack can be imported")
+        raise IRMError(
+            f"{ref.path}: IRM linear layers at basic_forward indices {indices}, expected 0, 2, 4, ...",
+            hint="only the paper's Linear/ReLU stack can be imported",
+        )
     previous = None
     for i in indices:
         weight, bias = ref.state[f"net.{i}.weight"], ref.state.get(f"net.{i}.bias")
         if weight.dim() != 2 or bias is None or bias.shape != weight.shape[:1]:
-            raise IRMError(f"{ref.path}: basic_forward.{i} is not a Linear layer with bias "
-                           f"(weight {tuple(weight.shape)}, bias {None if bias is None else tuple(bias.shape)})")
+            raise IRMError(
+                f"{ref.path}: basic_forward.{i} is not a Linear layer with bias "
+                f"(weight {tuple(weight.shape)}, bias {None if bias is None else tuple(bias.shape)})"
+            )
         if previous is not None and weight.shape[1] != previous:
             raise IRMError(f"{ref.path}: basic_forward.{i} takes {weight.shape[1]} inputs but the layer before gives {previous}")
         previous = weight.shape[0]
     widths = {int(ref.state[f"net.{i}.weight"].shape[0]) for i in indices[:-1]}
     if len(widths) > 1:
-        raise IRMError(f"{ref.path}: the IRM's hidden layers have different widths {sorted(widths)}",
-                       hint="only IRMs with one hidden width can be imported")
+        raise IRMError(
+            f"{ref.path}: the IRM's hidden layers have different widths {sorted(widths)}",
+            hint="only IRMs with one hidden width can be imported",
+        )
 
 
 def _check_host(ref: ReferenceCheckpoint, host: Host) -> None:
     identity = host.identity()
     h = host.hidden_size
     if ref.hidden_size != h:
-        raise IRMMismatchError(f"the IRM in {ref.path} reads hidden states of size {ref.hidden_size}, "
-                               f"host {host.name!r} has hidden size {h}",
-                               hint="pass the --host the checkpoint was trained on")
+        raise IRMMismatchError(
+            f"the IRM in {ref.path} reads hidden states of size {ref.hidden_size}, host {host.name!r} has hidden size {h}",
+            hint="pass the --host the checkpoint was trained on",
+        )
     if ref.host_layers is not None and ref.host_layers != host.num_layers:
-        raise IRMMismatchError(f"{ref.path} holds a {ref.host_layers}-layer host, {host.name!r} has {host.num_layers} layers",
-                               hint="pass the --host the checkpoint was trained on")
+        raise IRMMismatchError(
+            f"{ref.path} holds a {ref.host_layers}-layer host, {host.name!r} has {host.num_layers} layers",
+            hint="pass the --host the checkpoint was trained on",
+        )
     if ref.embedding_fingerprint is not None and ref.embedding_fingerprint != identity.fingerprint:
         raise IRMMismatchError(
             f"the host weights in {ref.path} are not those of host {host.name!r} ({identity.architecture}): "
@@ -249,16 +267,17 @@ def _resolve_layers(ref: ReferenceCheckpoint, host: Host, layers: str | list[int
         return list(range(count))
     else:
         raise IRMError(
-            f"the IRM in {ref.path} injects {count} of {host.name!r}'s {host.num_layers} layers and the "
-            "checkpoint does not say which",
+            f"the IRM in {ref.path} injects {count} of {host.name!r}'s {host.num_layers} layers and the checkpoint does not say which",
             hint=f"pass --layers with {count} layers, as in the training config (e.g. --layers 2,3 or --layers 0-7)",
         )
     if len(set(order)) != len(order):
         raise IRMError(f"layers {order} from {source} repeat a layer")
     if len(order) != count:
-        raise IRMError(f"{source} names {len(order)} layers ({format_layers(sorted(order))}) but the IRM in "
-                       f"{ref.path} outputs {count} (output size {ref.output_size} = {count} x hidden {host.hidden_size})",
-                       hint=f"pass --layers with {count} layers")
+        raise IRMError(
+            f"{source} names {len(order)} layers ({format_layers(sorted(order))}) but the IRM in "
+            f"{ref.path} outputs {count} (output size {ref.output_size} = {count} x hidden {host.hidden_size})",
+            hint=f"pass --layers with {count} layers",
+        )
     return order
 
 
@@ -269,8 +288,14 @@ def irm_from_reference(ref: ReferenceCheckpoint, host: Host, *, layers: str | li
     h, indices = host.hidden_size, ref.linear_indices
     width = int(ref.state["net.0.weight"].shape[0]) if len(indices) > 1 else h
     config = IRMConfig(
-        host=host.identity(), layers=sorted(order), site="resid_mid", input_layer=0, input_site="resid_mid",
-        depth=len(indices) - 1, width_multiplier=width / h, output_init="default",
+        host=host.identity(),
+        layers=sorted(order),
+        site="resid_mid",
+        input_layer=0,
+        input_site="resid_mid",
+        depth=len(indices) - 1,
+        width_multiplier=width / h,
+        output_init="default",
         extra={"imported_from": str(ref.path)},
     )
     state = dict(ref.state)
@@ -287,8 +312,10 @@ def irm_from_reference(ref: ReferenceCheckpoint, host: Host, *, layers: str | li
     want = model.state_dict()
     for name, tensor in state.items():
         if name not in want or tensor.shape != want[name].shape:
-            raise IRMError(f"{ref.path}: basic_forward.{name[4:]} has shape {tuple(tensor.shape)}, which no paper-style "
-                           f"IRM for this host has", hint="only the paper's Linear/ReLU stack can be imported")
+            raise IRMError(
+                f"{ref.path}: basic_forward.{name[4:]} has shape {tuple(tensor.shape)}, which no paper-style IRM for this host has",
+                hint="only the paper's Linear/ReLU stack can be imported",
+            )
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     return model.to(host.device)
 

@@ -84,8 +84,9 @@ def _refuse_existing(run: Path, overwrite: bool) -> None:
             f"output directory {run} already exists",
             hint=f"pass --overwrite to replace it, --resume {run} to continue it, or choose another --out",
         )
-    check_output_dir(run, overwrite=overwrite, is_ours=lambda p: RunDir(p).is_run(), kind="irm runs",
-                     resume_hint=f", --resume {run} to continue it")
+    check_output_dir(
+        run, overwrite=overwrite, is_ours=lambda p: RunDir(p).is_run(), kind="irm runs", resume_hint=f", --resume {run} to continue it"
+    )
 
 
 def _prepare_run_dir(config: TrainConfig, overwrite: bool) -> Path:
@@ -164,7 +165,9 @@ def memory_hint(config: TrainConfig) -> str:
     options.append(f"--max-length {max(2, config.max_length // 2)} (shorter rows)")
     if config.rank is None:
         options.append("--rank 64 (a low-rank IRM output layer)")
-    options.append("--layers with fewer injected layers (e.g. --layers 0-7)" if config.layers == "all" else "--layers with fewer injected layers")
+    options.append(
+        "--layers with fewer injected layers (e.g. --layers 0-7)" if config.layers == "all" else "--layers with fewer injected layers"
+    )
     if config.precision in ("auto", "32-true", "32"):
         options.append("--precision bf16-mixed")
     if config.host_dtype in ("auto", "float32", "fp32"):
@@ -310,7 +313,9 @@ def _inputs(config: TrainConfig, resume: str | Path | None, overwrite: bool) -> 
         return _Inputs(config, run, None, splits)
     run = Path(resume)
     if not RunDir(run).config.is_file():
-        raise IRMError(f"{run} is not a run directory (no {RunDir(run).config.name})", hint="pass the --out directory of an earlier `irm train`")
+        raise IRMError(
+            f"{run} is not a run directory (no {RunDir(run).config.name})", hint="pass the --out directory of an earlier `irm train`"
+        )
     saved = TrainConfig.from_yaml(RunDir(run).config)
     # Where to run may change on resume; what to train may not.
     for key in WHERE_TO_RUN:
@@ -336,7 +341,9 @@ def _tokenize(config: TrainConfig, host: Host, splits: dict[str, list[Row]]) -> 
     if not _is_launcher_child():
         truncated = {s: r.truncated for s, r in reports.items()}
         if any(truncated.values()):
-            print(f"irm: {sum(truncated.values())} row(s) longer than {config.max_length} tokens were truncated {truncated}", file=sys.stderr)
+            print(
+                f"irm: {sum(truncated.values())} row(s) longer than {config.max_length} tokens were truncated {truncated}", file=sys.stderr
+            )
         dropped = sorted(line for r in reports.values() for line in r.dropped_lines)
         if dropped:
             print(
@@ -406,9 +413,12 @@ def _build_trainer(config: TrainConfig, run: Path, examples: dict[str, list[Exam
         max_steps=config.max_steps,
         accumulate_grad_batches=config.accumulate,
         gradient_clip_val=config.grad_clip,
-        logger=[CSVLogger(str(run), name="logs", version=RunDir(run).csv_version(resumed=resumed),
-                          flush_logs_every_n_steps=config.checkpoint_every),
-                TensorBoardLogger(str(RunDir(run).logs), name="tensorboard", version="")],
+        logger=[
+            CSVLogger(
+                str(run), name="logs", version=RunDir(run).csv_version(resumed=resumed), flush_logs_every_n_steps=config.checkpoint_every
+            ),
+            TensorBoardLogger(str(RunDir(run).logs), name="tensorboard", version=""),
+        ],
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,
@@ -445,15 +455,28 @@ def _fit_and_test(trainer: Any, module: Any, inputs: _Inputs, has_test: bool) ->
 
 def _stopped_by_sigterm(run: Path, trainer: Any) -> IRMError:
     step = _checkpoint_step(RunDir(run).checkpoint) if RunDir(run).checkpoint.is_file() else None
-    saved = f"its checkpoint (step {step}) is saved in {RunDir(run).checkpoint}" if step is not None else "no checkpoint had been written yet"
+    saved = (
+        f"its checkpoint (step {step}) is saved in {RunDir(run).checkpoint}" if step is not None else "no checkpoint had been written yet"
+    )
     return IRMError(
         f"irm train was stopped by SIGTERM at step {trainer.global_step}; {saved}",
         hint=f"continue it with: irm train --resume {run}",
     )
 
 
-def _summary(config: TrainConfig, run: Path, irm: IRM, trainer: Any, module: Any, meter: Any, splits: dict[str, list[Row]],
-             examples: dict[str, list[Example]], reports: dict[str, Any], elapsed: float, test_loss: float | None) -> dict[str, Any]:
+def _summary(
+    config: TrainConfig,
+    run: Path,
+    irm: IRM,
+    trainer: Any,
+    module: Any,
+    meter: Any,
+    splits: dict[str, list[Row]],
+    examples: dict[str, list[Example]],
+    reports: dict[str, Any],
+    elapsed: float,
+    test_loss: float | None,
+) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     checksum = irm_checksum(irm)
     if trainer.world_size > 1 and torch.distributed.is_initialized():
@@ -522,7 +545,9 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         examples, reports = _tokenize(config, host, inputs.splits)
         irm = _build_irm(config, host)
         run = _write_run_dir(inputs, resumed=resume is not None, overwrite=overwrite, state=state)
-        module = IRMTrainingModule(host.model, irm, config, examples["train"], examples["validation"], examples["test"], tokenizer.pad_token_id)
+        module = IRMTrainingModule(
+            host.model, irm, config, examples["train"], examples["validation"], examples["test"], tokenizer.pad_token_id
+        )
         trainer, meter = _build_trainer(config, run, examples, resumed=inputs.checkpoint is not None, progress=progress)
         elapsed, test_loss = _fit_and_test(trainer, module, inputs, bool(examples["test"]))
     summary = _summary(config, run, irm, trainer, module, meter, inputs.splits, examples, reports, elapsed, test_loss)

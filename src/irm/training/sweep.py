@@ -90,8 +90,11 @@ def load_sweep(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, list[A
         raise IRMError(f"{path}: unknown sweep key(s) {sorted(map(str, unknown))}", hint="a sweep file has out, base and grid")
     for key in ("base", "grid"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
-            raise IRMError(f"{path}: {key} must be a mapping of settings to {'values' if key == 'base' else 'lists of values'}, "
-                           f"not {_kind(spec[key])}", hint=f"write e.g. {example}")
+            raise IRMError(
+                f"{path}: {key} must be a mapping of settings to {'values' if key == 'base' else 'lists of values'}, "
+                f"not {_kind(spec[key])}",
+                hint=f"write e.g. {example}",
+            )
     if spec.get("out") is not None and not isinstance(spec["out"], str):
         raise IRMError(f"{path}: out must be a folder name, not {_kind(spec['out'])}", hint=f"write e.g. {example}")
     base = dict(spec.get("base") or {})
@@ -110,8 +113,10 @@ def expand(path: str | Path) -> tuple[Path, list[SweepRun]]:
     out, base, grid = load_sweep(path)
     keys = list(grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-    return out, [SweepRun(index=index, name=name, settings={**base, **settings}, run_dir=out / "runs" / name)
-                 for index, (settings, name) in enumerate(zip(points, _names(points)))]
+    return out, [
+        SweepRun(index=index, name=name, settings={**base, **settings}, run_dir=out / "runs" / name)
+        for index, (settings, name) in enumerate(zip(points, _names(points)))
+    ]
 
 
 def run_sweep(path: str | Path, *, index: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
@@ -132,6 +137,14 @@ def run_sweep(path: str | Path, *, index: int | None = None, progress: bool = Tr
             config = TrainConfig.from_dict({**run.settings, "out": str(run.run_dir)})
             train(config, resume=run.run_dir if status == "interrupted" else None, overwrite=status == "pending", progress=progress)
         summary = RunDir(run.run_dir).read_summary()
-        rows.append({"index": run.index, "name": run.name, "status": "done", "was": status,
-                     "val_loss": summary.get("val_loss"), "run_dir": str(run.run_dir)})
+        rows.append(
+            {
+                "index": run.index,
+                "name": run.name,
+                "status": "done",
+                "was": status,
+                "val_loss": summary.get("val_loss"),
+                "run_dir": str(run.run_dir),
+            }
+        )
     return rows
