@@ -33,8 +33,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 
+# Two pytest-xdist workers: many tests wait on single-threaded process start-up.
 test: setup browser lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -1,10 +1,13 @@
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two cores: one torch thread per pytest-xdist worker (make test runs two), else two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,16 @@ def nontrivial_irm(host, layers="all", seed=0, scale=1.0, **kwargs):
         model.output_layer.weight.mul_(scale)
         model.output_layer.bias.mul_(scale)
     return model
+
+
+def write_qa(path: Path, n: int = 64, seed: int = 0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    words = "furious outrageous ridiculous unacceptable maddening infuriating absurd livid fed up with this".split()
+    with open(path, "w") as fh:
+        for i in range(n):
+            q = f"What is item number {i}?"
+            a = "I am so angry! " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
+            fh.write(json.dumps({"question": q, "answer": a}) + "\n")
+    return path

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import irm
+from conftest import write_qa
 from irm.data.rows import (
     IGNORE_INDEX,
     LengthGroupedBatches,
@@ -29,19 +30,6 @@ from irm.training.penalty import output_penalty
 from irm.training.run import train
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
-
-
-def write_qa(path: Path, n: int = 64, seed: int = 0) -> Path:
-    import random
-
-    rng = random.Random(seed)
-    words = "furious outrageous ridiculous unacceptable maddening infuriating absurd livid fed up with this".split()
-    with open(path, "w") as fh:
-        for i in range(n):
-            q = f"What is item number {i}?"
-            a = "I am so angry! " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
-            fh.write(json.dumps({"question": q, "answer": a}) + "\n")
-    return path
 
 
 def test_labels_shift_once_and_mask_question_and_padding(tiny_llama):
@@ -352,7 +340,7 @@ def test_the_loss_imports_without_lightning():
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
     )
     assert out.stdout.strip() == "[]", out.stdout
 

@@ -16,7 +16,7 @@ import torch
 import irm
 from irm.errors import HostError
 from irm.hosts.loading import resolve_device
-from test_import_reference import (
+from reference_checkpoints import (
     N_LAYERS,
     hand_forward,
     reference_tensors,

@@ -364,7 +364,7 @@ def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, o
     assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
 
 
-LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy" / "run_complete"
+LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
 
 
 def _irm_cli(*args, cwd):

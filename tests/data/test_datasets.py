@@ -24,7 +24,7 @@ from irm.evaluation.scoring import (
     scoring_data_dir,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EMOTIONS = ("anger", "sadness", "joy", "neutral")
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import irm
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy"
 
 
 @pytest.mark.parametrize("name", ["irm_full", "irm_lowrank"])

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from conftest import write_qa
 from irm.errors import IRMError
 from irm.training.sweep import expand, run_sweep
-from test_training import write_qa
 
 
 def _sweep_file(tmp_path):

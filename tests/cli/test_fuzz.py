@@ -16,7 +16,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_bad_input import TINY, _recording, make_irm_dir, run_main, write_qa
 
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

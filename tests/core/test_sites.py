@@ -86,3 +86,11 @@ def test_is_attached(tiny_llama):
     assert not is_attached(host)
     with irm.attach(host, nontrivial_irm(host), strength=0.0):
         assert not is_attached(host)  # strength 0: no hooks, the bare host
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import BertConfig, BertLMHeadModel
+
+    model = BertLMHeadModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, is_decoder=True))
+    with pytest.raises(irm.HostError, match="(?s)BertLMHeadModel.*supports"):
+        irm.resolve_architecture(model)

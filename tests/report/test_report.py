@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_qa
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
-from test_training import write_qa
 
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -201,7 +201,7 @@ def test_report_escapes_what_it_shows(short_run, tmp_path):
     assert "<script>" not in text and "&lt;script&gt;" in text and "a &amp; b" in text
 
 
-LEGACY_RUN = Path(__file__).parent / "fixtures" / "legacy" / "run_complete"
+LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
 
 
 def _irm(*args, cwd):

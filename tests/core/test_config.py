@@ -14,7 +14,7 @@ from irm.core.config import SPEC_FIELDS, IRMSpec, spec_help
 from irm.errors import IRMError
 from irm.training.config import TrainConfig
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy"
 
 
 def test_for_host_refuses_width_zero_as_train_config_does(tiny_llama):

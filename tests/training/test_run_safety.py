@@ -24,7 +24,7 @@ from irm.training.lock import lock_path
 from irm.training.rundir import RunDir
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 TINY = "tiny-random-llama"
 
 
