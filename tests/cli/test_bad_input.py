@@ -603,7 +603,7 @@ def fill_disk_for_safetensors(monkeypatch) -> list[str]:
 
 
 def _reference_checkpoint(tmp_path: Path) -> Path:
-    from test_import_reference import reference_tensors, write_checkpoint
+    from reference_checkpoints import reference_tensors, write_checkpoint
 
     return write_checkpoint(tmp_path / "ref.ckpt", tiny_host(), reference_tensors(2, seed=1), hparams={"IRM_layers": [2, 3]})
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -56,6 +55,7 @@ from irm.core.io import (
     current_umask,
     remove_stale_temporaries,
     remove_tree,
+    safetensors_os_errors,
 )
 from irm.core.network import IRM
 from irm.errors import IRMError, writing
@@ -283,16 +283,8 @@ def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = F
 
 
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """``save_file``, with its I/O failures (a full disk ...) raised as the ``OSError`` they are."""
-    from safetensors import SafetensorError
-
-    try:
+    with safetensors_os_errors():
         save_file(arrays, str(path), metadata={"layout": "(token, layer, hidden)"})
-    except SafetensorError as exc:
-        found = re.search(r"os error (\d+)", str(exc))
-        if found is None:
-            raise
-        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
 
 
 def is_recording(directory: str | Path) -> bool:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,21 @@ def atomic_write_all(items: list[tuple[Path, bytes | Callable[[Path], Any]]]) ->
         for tmp in tmps:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def safetensors_os_errors() -> Iterator[None]:
+    """Raise safetensors' (Rust) I/O failures, such as a full disk, as the ``OSError`` they
+    are, so that :func:`irm.errors.writing` can say what happened."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
 
 
 # ----------------------------------------------------------------------- output paths

@@ -4,8 +4,6 @@ one additive vector per injected layer."""
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from irm.core.config import CONFIG_NAME, IRMConfig, IRMSpec, spec_fields
-from irm.core.io import atomic_write_all
+from irm.core.io import atomic_write_all, safetensors_os_errors
 from irm.core.layers import parse_layers
 from irm.errors import IRMError, IRMMismatchError, writing
 
@@ -180,11 +178,5 @@ def check_weights(state: dict[str, Tensor], path: Path, *, hint: str) -> None:
 
 
 def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
-    """``save_file``, with its I/O failures (disk full ...) raised as the ``OSError`` they are."""
-    try:
+    with safetensors_os_errors():
         save_file(state, str(path), metadata={"format": "pt"})
-    except SafetensorError as exc:
-        found = re.search(r"os error (\d+)", str(exc))
-        if found is None:
-            raise
-        raise OSError(int(found.group(1)), os.strerror(int(found.group(1)))) from exc
