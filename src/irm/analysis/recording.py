@@ -53,6 +53,7 @@ from irm.core.io import (
     atomic_write_all,
     check_output_dir,
     current_umask,
+    outermost_missing,
     remove_stale_temporaries,
     remove_tree,
     safetensors_os_errors,
@@ -245,9 +246,8 @@ def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = F
     replaces the old recording only once complete: a full disk or a crash leaves the old
     recording (or nothing), never half of one."""
     out = check_recording_out(directory, overwrite=overwrite)
-    created = out.absolute()
-    while not created.parent.exists():
-        created = created.parent  # the outermost folder this call creates
+    absolute = Path(os.path.abspath(out))
+    created = outermost_missing(out) or absolute  # the outermost folder this call creates
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(out)
@@ -275,7 +275,7 @@ def save_recording(rec: Recording, directory: str | Path, *, overwrite: bool = F
             os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created != out.absolute() and created.is_dir() and not any(f.is_file() for f in created.rglob("*")):
+        if created != absolute and created.is_dir() and not any(f.is_file() for f in created.rglob("*")):
             shutil.rmtree(created, ignore_errors=True)  # the folders this call made above --out
         raise
     out.chmod(0o777 & ~current_umask())  # mkdtemp makes it private

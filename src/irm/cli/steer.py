@@ -105,13 +105,12 @@ def save_adapter(adapter: Any, out: Path) -> None:
     failed write), removing the folders it made when it fails."""
     import shutil
 
-    created = out.absolute()
-    while not created.parent.exists():
-        created = created.parent  # the outermost folder this call creates
-    created_any = not out.exists()
+    from irm.core.io import outermost_missing
+
+    created = outermost_missing(out)  # the outermost folder this call creates, if any
     try:
         adapter.save_pretrained(out)
     except BaseException:
-        if created_any:
+        if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # leave no half-made folder behind
         raise

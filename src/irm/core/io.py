@@ -45,6 +45,17 @@ def current_umask() -> int:
     return mask
 
 
+def outermost_missing(path: str | Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what ``mkdir -p`` would
+    create, and so what a failed command that made it must remove), or None if ``path`` exists."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[Path]:
     """Delete the temporary files (:func:`temporary_file_beside`) that a killed run left in
     ``folder`` for the files ``names``; return what was deleted. Links are never followed."""

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from irm.core.io import outermost_missing
 from irm.errors import IRMError, writing
 
 
@@ -25,23 +26,13 @@ def lock_path(run: Path) -> Path:
     return run.parent / f".{run.name}.lock"
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet, or None."""
-    path = Path(os.path.abspath(path))
-    if path.exists():
-        return None
-    while not path.parent.exists():
-        path = path.parent
-    return path
-
-
 @contextmanager
 def run_lock(run: Path, option: str = "--out") -> Iterator[None]:
     """Hold the lock on ``run`` for the body, or refuse at once (naming the process that
     holds it) when another process has it. Folders made only to hold the lock file are
     removed again when they are left empty."""
     path = lock_path(run)
-    made = _first_missing(path.parent)
+    made = outermost_missing(path.parent)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path, run, option)

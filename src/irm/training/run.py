@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from irm.core.io import check_output_dir, remove_tree
+from irm.core.io import check_output_dir, outermost_missing, remove_tree
 from irm.core.network import IRM
 from irm.data.rows import (
     Example,
@@ -101,14 +101,6 @@ def _prepare_run_dir(config: TrainConfig, overwrite: bool) -> Path:
     with writing(run):
         run.mkdir(parents=True)
     return run
-
-
-def _first_missing(path: Path) -> Path:
-    """The outermost folder of ``path`` that does not exist yet (what a mkdir -p creates)."""
-    path = path.absolute()
-    while not path.parent.exists():
-        path = path.parent
-    return path
 
 
 def _check_examples(config: TrainConfig, host: Any, examples: dict[str, list[Any]], reports: dict[str, Any]) -> None:
@@ -367,7 +359,7 @@ def _write_run_dir(inputs: _Inputs, *, resumed: bool, overwrite: bool, state: _R
     if _is_launcher_child():
         return run
     if not resumed:
-        state.created_root = _first_missing(Path(config.out)) if not Path(config.out).exists() else Path(config.out)
+        state.created_root = outermost_missing(config.out) or Path(config.out)
         run = _prepare_run_dir(config, overwrite)
         state.created = True
     state.run = run
