@@ -7,6 +7,10 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Two cores: one torch thread per pytest-xdist worker (make test runs two), else two.
+# The `irm` processes that tests start inherit the same limit: two workers whose children
+# each spun two OpenMP threads on two cores ran training 10x slower (busy-waiting threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
