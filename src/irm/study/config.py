@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,8 @@ class StudyConfig:
             ("ablation_k", 1 <= self.ablation_k <= self.top_k, f"must be between 1 and --top-k ({self.top_k})"),
             ("max_rows", self.max_rows is None or self.max_rows >= 1, "must be >= 1"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
-            ("lr", self.lr > 0, "must be a positive number"),
-            ("massive_ratio", self.massive_ratio > 1, "must be a number above 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a positive number"),
+            ("massive_ratio", math.isfinite(self.massive_ratio) and self.massive_ratio > 1, "must be a number above 1"),
             ("alignments", bool(self.alignments), "must name at least one alignment"),
             ("layers", bool(self.layers), "must name at least one layer set"),
         ]
