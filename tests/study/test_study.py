@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from irm.errors import IRMError
+from irm.report.html import build_report
 from irm.study import StudyConfig, StudyDir, run_study
 from irm.study.config import STUDY_FORMAT
 from irm.study.findings import chance_jaccard
@@ -105,6 +106,8 @@ def test_study_killed_with_sigkill_resumes_and_writes_findings_and_report(tmp_pa
     assert row["gradient"]["spearman_with_irm_profile"]["n"] == 4 and row["gradient"]["adjacent_layer_cosine"]["mean"] > 0
     page = (out / "report.html").read_text()
     assert "irm study: tiny-random-llama" in page and "Findings" in page and "data:image/png;base64" in page
+    (out / "report.html").unlink()
+    assert build_report(out) == out / "report.html" and (out / "report.html").read_text() == page  # `irm report DIR` draws the same page
 
 
 def _config(out: Path, **changes) -> StudyConfig:
