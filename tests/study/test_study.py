@@ -124,6 +124,7 @@ def test_a_folder_that_is_not_a_study_is_refused_and_kept(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
+    (out / ".findings.json.x1.tmp").write_text("not irm's: this folder is not a study")
     with pytest.raises(IRMError, match="already exists and is not empty") as refused:
         run_study(_config(out))
     assert "--resume" in refused.value.hint and "--overwrite" in refused.value.hint
@@ -133,7 +134,7 @@ def test_a_folder_that_is_not_a_study_is_refused_and_kept(tmp_path):
         run_study(_config(out), resume=True)
     with pytest.raises(IRMError, match="contradict"):
         run_study(_config(out), resume=True, overwrite=True)
-    assert (out / "notes.txt").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == [".findings.json.x1.tmp", "notes.txt"]
 
 
 def test_overwrite_replaces_only_a_study_and_resume_keeps_its_settings(tmp_path):
@@ -151,6 +152,7 @@ def test_overwrite_replaces_only_a_study_and_resume_keeps_its_settings(tmp_path)
     with pytest.raises(IRMError, match=r"--steps was 4, now 5") as changed:
         run_study(_config(out, steps=5), resume=True)
     assert "--device" in changed.value.hint
+    assert not (out / ".findings.json.abc123.tmp").exists()  # a killed study's temporary file is cleaned up
 
 
 @pytest.mark.parametrize(

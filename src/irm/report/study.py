@@ -51,7 +51,11 @@ def headline_records(row: Mapping[str, Any]) -> list[dict[str, str]]:
         }
     ]
     out.append(
-        {"measure": "runs", "value": f"{row['runs']}: {', '.join(row['alignments'])} x seeds x layer sets, {row['steps']} steps each"}
+        {
+            "measure": "runs",
+            "value": f"{row['runs']}: alignments {', '.join(row['alignments'])} x {row.get('seeds')} seed(s) x layer sets "
+            f"{' / '.join(row.get('layer_sets', []))}, {row['steps']} steps each",
+        }
     )
     for layers, s in (row.get("striation") or {}).items():
         out.append(
@@ -132,10 +136,11 @@ def study_sections(directory: Path, findings: Mapping[str, Any]) -> list[Section
     sections.append(Section("The host's largest residual dimensions", [table(host.get("host_top", []), empty="(not measured)")]))
     ablations = [{k: v for k, v in a.items() if k != "distinct_2"} for a in findings.get("ablation", [])]
     sections.append(Section("Ablation: top k against random k", [table(ablations, empty="(no ablation)")]))
-    heatmaps = [
-        image_block(p, f"mean |IRM output|: {p.parent.name}")
-        for p in sorted((directory / "analysis").glob("*/heatmap_mean.png")) + sorted((directory / "analysis").glob("heatmap_mean.png"))
-    ]
+    heatmaps = []
+    for path in sorted((directory / "analysis").glob("*/heatmap_mean.png")) + sorted((directory / "analysis").glob("heatmap_mean.png")):
+        run = path.parent.name if path.parent.name != "analysis" else findings["runs"][0]["name"]
+        heatmaps.append(image_block(path, f"mean |IRM output|: {run}"))
+        heatmaps[-1].name = run
     sections.append(Section("Mean |IRM output| per run (layer x hidden index)", heatmaps or [Block("note", text="(no heatmaps)")]))
     stages = [{"stage": name, "seconds": v["seconds"]} for name, v in findings.get("stages", {}).items()]
     stages.append({"stage": "total", "seconds": findings.get("total_seconds")})

@@ -172,6 +172,8 @@ def build_findings(config: StudyConfig, study: StudyDir, runs: Sequence[SweepRun
         "num_layers": host.get("num_layers"),
         "runs": len(runs),
         "alignments": [alignment_label(a) for a in config.alignments],
+        "seeds": config.seeds,
+        "layer_sets": list(config.layers),
         "steps": config.steps,
         "striation": _striation(rows, config.layers),
         "top_index": _top_index(rows, profiles, k, hidden),

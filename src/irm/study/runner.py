@@ -114,7 +114,12 @@ def run_study(
 
 
 def _remove_leftovers(study: StudyDir, config: StudyConfig) -> None:
-    """Delete the temporary files a killed study left for its own files."""
+    """Delete the temporary files a killed study left for its own files: in a study folder,
+    or in one that holds nothing else (a study killed while writing its first file)."""
+    if not study.path.is_dir() or study.path.is_symlink():
+        return
+    if not study.is_study() and not all(_LEFTOVER.match(entry.name) for entry in study.path.iterdir()):
+        return
     remove_stale_temporaries(study.path, StudyDir.ENTRIES)
     remove_stale_temporaries(study.stages, [f"{s}.json" for s in STAGES])
     remove_stale_temporaries(study.ablation, [f"{r.name}.json" for r in study_runs(config)])
