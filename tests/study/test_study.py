@@ -180,3 +180,31 @@ def test_the_runs_are_the_grid_with_sweep_names_and_chance_jaccard_is_exact():
     ]
     assert runs[4].settings["data"] == "data/my.csv" and runs[0].settings["max_steps"] == 30 and len(runs) == 8
     assert chance_jaccard(1, 64) == pytest.approx(1 / 64) and chance_jaccard(5, 5) == pytest.approx(1.0)
+
+
+def _main(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    from irm import cli
+
+    monkeypatch.setattr(sys, "argv", ["irm", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--seeds", "0"], "bad study setting --seeds 0"),
+        (["--layers", "all,0-99"], "--layers: layer 99 is out of range"),
+        (["--alignments", "anger,nosuch"], "nosuch"),
+        (["--prompts", "missing.csv"], "missing.csv"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, flags, message):
+    out = tmp_path / "new" / "study"
+    code, err = _main(["study", TINY, "--out", str(out), "--layers", "all", *flags, "--no-progress"], monkeypatch, capsys)
+    assert code == 2 and message in err and "error:" in err and "fix:" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no study folder, no lock file, no parent folder
