@@ -18,7 +18,7 @@ from irm.report.html import build_report
 from irm.study import StudyConfig, StudyDir, run_study
 from irm.study.config import STUDY_FORMAT
 from irm.study.findings import chance_jaccard
-from irm.study.runner import is_study_folder, study_runs
+from irm.study.runner import is_study_folder, study_runs, study_status
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -70,6 +70,8 @@ def test_study_killed_with_sigkill_resumes_and_writes_findings_and_report(tmp_pa
     proc.send_signal(signal.SIGKILL)  # the next run is starting or training
     proc.communicate()
     assert not (out / "findings.json").exists() and not StudyDir(out).stage("train").exists()
+    status = study_status(StudyConfig(host=TINY, out=str(out), **TINY_SETTINGS))  # what `irm study --list` shows
+    assert status["runs"][0]["status"] == "done" and status["stages"]["train"] == "pending" and not status["findings"]
     first_summary = json.loads(first.read_text())
     first_irm = (runs[0].run_dir / "irm" / "model.safetensors").read_bytes()
 

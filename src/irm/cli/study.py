@@ -55,6 +55,7 @@ def study(
         ),
     ] = False,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace the study in --out (never a folder that holds other files).")] = False,
+    list_only: Annotated[bool, Opt("--list", help="Show the runs and stages and whether each is done; run nothing.")] = False,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Progress bars with the time left, per stage (on stderr).")] = True,
     as_json: Annotated[bool, Opt("--json", help="Print findings.json on stdout when done.")] = False,
 ) -> None:
@@ -75,7 +76,7 @@ def study(
 
       irm study gemma3-270m --out runs/study-gemma3 --resume            # continue after an interruption
     """
-    from irm.study.runner import run_study
+    from irm.study.runner import run_study, study_status
 
     given = {k: v for k, v in dict(locals()).items() if k in StudyConfig.__dataclass_fields__ and v is not None}
     if alignments is not None:
@@ -84,8 +85,11 @@ def study(
         given["layers"] = _sets(layers)
     given.update(host=host, out=str(out))
     study_dir = StudyDir(out)
-    base = study_dir.read_config().to_dict() if resume and study_dir.is_study() else {}
+    base = study_dir.read_config().to_dict() if (resume or list_only) and study_dir.is_study() else {}
     config = StudyConfig.from_dict({**base, **given}, source="flags")
+    if list_only:
+        _print_status(study_status(config), as_json)
+        return
     result = run_study(config, resume=resume, overwrite=overwrite, progress=progress, console=err_console)
     if as_json:
         print(json.dumps(result.findings, indent=2))
@@ -99,3 +103,17 @@ def study(
         table.add_row(record["measure"], record["value"])
     console.print(table)
     console.print(f"findings: {result.out / 'findings.json'}\nreport: {result.report}")
+
+
+def _print_status(status: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    table = Table(title=f"irm study {status['out']}")
+    table.add_column("run or stage")
+    table.add_column("status")
+    for run in status["runs"]:  # type: ignore[attr-defined]
+        table.add_row(run["name"], run["status"])
+    for name, state in status["stages"].items():  # type: ignore[attr-defined]
+        table.add_row(f"stage {name}", state)
+    console.print(table)

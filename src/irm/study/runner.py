@@ -61,6 +61,18 @@ def study_runs(config: StudyConfig) -> list[SweepRun]:
     return expand_grid(Path(config.out), config.train_base(), config.grid())
 
 
+def study_status(config: StudyConfig) -> dict[str, Any]:
+    """Where a study stands, without running anything: each run's status (``done``,
+    ``interrupted``, ``pending``) and each stage's (``done`` or ``pending``)."""
+    study = StudyDir(Path(config.out))
+    return {
+        "out": str(study.path),
+        "runs": [{"index": r.index, "name": r.name, "status": r.status, "run_dir": str(r.run_dir)} for r in study_runs(config)],
+        "stages": {name: "done" if study.stage(name).is_file() else "pending" for name in STAGES},
+        "findings": study.findings.is_file(),
+    }
+
+
 def is_study_folder(path: Path) -> bool:
     """True for a folder that holds only what ``irm study`` writes (and what a killed irm
     command leaves): the only kind of folder ``--overwrite`` may replace."""
