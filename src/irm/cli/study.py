@@ -70,7 +70,7 @@ def study(
 
     Examples:
 
-      irm study smollm2-135m-instruct --out runs/study-smollm2          # 12 runs, ~1 h on 2 CPU cores
+      irm study smollm2-135m-instruct --out runs/study-smollm2          # 12 runs: ~30 min of one CPU core
 
       irm study tiny-random-llama --out /tmp/s --alignments anger --seeds 1 --layers all,0-1 --steps 4
 

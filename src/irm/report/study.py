@@ -34,12 +34,13 @@ def _pct(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, (int, float)) else "-"
 
 
-def _spread(stats: Any) -> str:
+def _spread(stats: Any, show: Any = _num) -> str:
+    """``mean, median (min to max, n values)`` of a spread in findings.json, each number by ``show``."""
     if not isinstance(stats, Mapping):
         return "-"
     if stats.get("n", 0) <= 1:
-        return _num(stats.get("mean"))
-    return f"mean {_num(stats['mean'])}, median {_num(stats['median'])} ({_num(stats['min'])} to {_num(stats['max'])}, {stats['n']} values)"
+        return str(show(stats.get("mean")))
+    return f"mean {show(stats['mean'])}, median {show(stats['median'])} ({show(stats['min'])} to {show(stats['max'])}, {stats['n']} values)"
 
 
 def headline_records(row: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -99,7 +100,7 @@ def headline_records(row: Mapping[str, Any]) -> list[dict[str, str]]:
     out.append(
         {
             "measure": f"ablation: share of the effect removed, top {ablation.get('k')} / random {ablation.get('k')}",
-            "value": f"{_spread(ablation.get('top_k_removed'))} / {_spread(ablation.get('random_k_removed'))}",
+            "value": f"{_spread(ablation.get('top_k_removed'), _pct)} / {_spread(ablation.get('random_k_removed'), _pct)}",
         }
     )
     gradient = row.get("gradient") or {}
