@@ -12,7 +12,9 @@
 #   OMP_NUM_THREADS=1 nohup nice -n 10 flock /work/team/longjob.lock \
 #       timeout -s KILL 35m scripts/study_hosts.sh smollm2-135m-instruct > runs/study/smollm2.log 2>&1 &
 #
-# and repeat the same line until runs/study/HOST/findings.json exists.
+# and repeat the same line until runs/study/HOST/findings.json exists. SmolLM2 needs about
+# 30 minutes of one CPU core (measured on a 2-run study, extrapolated stage by stage): about
+# 75 minutes of wall time on the busy shared machine, so two or three such pieces.
 # The hosts other than SmolLM2 need `make hosts` (issue 17's host packages) first.
 set -euo pipefail
 IRM=${IRM:-.venv/bin/irm}
