@@ -9,7 +9,7 @@
 # a crash, kill -9 or timeout continues where it stopped (finished runs and stages are
 # skipped). To keep each job under ~40 minutes on the shared machine, run it in pieces:
 #
-#   OMP_NUM_THREADS=1 nohup nice -n 10 flock /work/team/longjob.lock \
+#   mkdir -p runs/study && OMP_NUM_THREADS=1 nohup nice -n 10 flock /work/team/longjob.lock \
 #       timeout -s KILL 35m scripts/study_hosts.sh smollm2-135m-instruct > runs/study/smollm2.log 2>&1 &
 #
 # and repeat the same line until runs/study/HOST/findings.json exists. SmolLM2 needs about

@@ -1,22 +1,9 @@
-"""`run_study`: the paper's battery on one host, as stages that each write their outputs
-atomically and are skipped once done, so that a study killed at any point (``kill -9``
-included) continues with ``--resume`` where it stopped.
-
-Stages, in order (the folder's layout is :class:`irm.study.config.StudyDir`):
-
-``train``      one ordinary training run per alignment x seed x layer set (the runs of an
-               ``irm sweep``: a finished run is skipped, an interrupted one resumes from
-               its last checkpoint);
-``record``     each run's IRM output on the held-out prompts (``RUN/record``);
-``analysis``   ``irm analyze`` of all runs: striation, dominant indices, consistency, the
-               host's outlier dimensions;
-``gradients``  ``irm analyze --gradients train``: the host's loss gradient at the IRM's
-               injection points against each IRM;
-``ablation``   each alignment's first run (first seed, first layer set): its top-k indices
-               zeroed during generation against k random ones (``irm ablate``);
-
-then ``findings.json`` and ``report.html`` are written from those files. A finished stage
-leaves ``stages/STAGE.json`` with its time and headline numbers.
+"""`run_study`: the paper's battery on one host, as stages (:mod:`irm.study.stages`) that
+each write their outputs atomically and are skipped once done, so that a study killed at any
+point (``kill -9`` included) continues with ``--resume`` where it stopped. A finished stage
+leaves ``stages/STAGE.json`` with its time and headline numbers; then ``findings.json`` and
+``report.html`` are written from the stages' files. The folder's layout is
+:class:`irm.study.config.StudyDir`.
 """
 
 from __future__ import annotations
@@ -36,12 +23,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from irm.core.io import atomic_write, check_output_dir, remove_stale_temporaries, remove_tree
 from irm.errors import IRMError, writing
-from irm.study.config import STUDY_FORMAT, WHERE_TO_RUN, StudyConfig, StudyDir, alignment_label, option
-from irm.study.findings import analysis_runs, build_findings, spread
+from irm.study.config import STUDY_FORMAT, WHERE_TO_RUN, StudyConfig, StudyDir, option
+from irm.study.findings import build_findings
+from irm.study.stages import STAGE_FUNCTIONS
 from irm.training.rundir import RunDir
-from irm.training.sweep import SweepRun, expand_grid, train_sweep_run
+from irm.training.sweep import SweepRun, expand_grid
 
-STAGES = ("train", "record", "analysis", "gradients", "ablation")
+STAGES = tuple(STAGE_FUNCTIONS)
 _LEFTOVER = re.compile(r"^\..+\.(lock|tmp)$|^\..+\.(new|old)-\w+$")
 """Names of what a killed irm command leaves beside its outputs: lock files, temporary files
 of atomic writes, folders being filled or deleted."""
@@ -118,7 +106,7 @@ def run_study(
             check_output_dir(
                 study.path, overwrite=overwrite, is_ours=is_study_folder, kind="an irm study", resume_hint=", --resume to continue it"
             )
-        runner = _Runner(config, study, progress=progress, console=console or Console(stderr=True, emoji=False))
+        runner = Study(config, study, progress=progress, console=console or Console(stderr=True, emoji=False))
         runner.check_inputs()
         if not continuing:
             _start_folder(study, config)
@@ -163,10 +151,14 @@ def _start_folder(study: StudyDir, config: StudyConfig) -> None:
     atomic_write(study.config, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
-class _Runner:
-    def __init__(self, config: StudyConfig, study: StudyDir, *, progress: bool, console: Console) -> None:
+class Study:
+    """A study being run: its settings, folder and runs, the host (loaded once, when needed),
+    the progress display, and the stages' order; each stage of :mod:`irm.study.stages`
+    takes it."""
+
+    def __init__(self, config: StudyConfig, folder: StudyDir, *, progress: bool, console: Console) -> None:
         self.config = config
-        self.study = study
+        self.folder = folder
         self.runs = study_runs(config)
         self.console = console
         self.show_progress = progress
@@ -212,11 +204,11 @@ class _Runner:
             for name in STAGES:
                 stages[name] = self._stage(name)
         seconds = self._stage_seconds()
-        findings = build_findings(self.config, self.study, self.runs, seconds)
-        atomic_write(self.study.findings, (json.dumps(findings, indent=2) + "\n").encode("utf-8"))
-        page = study_report(self.study.path)
-        self.say(f"[bold]findings[/] {self.study.findings}\n[bold]report[/] {page}")
-        return StudyResult(self.study.path, findings, page, stages)
+        findings = build_findings(self.config, self.folder, self.runs, seconds)
+        atomic_write(self.folder.findings, (json.dumps(findings, indent=2) + "\n").encode("utf-8"))
+        page = study_report(self.folder.path)
+        self.say(f"[bold]findings[/] {self.folder.findings}\n[bold]report[/] {page}")
+        return StudyResult(self.folder.path, findings, page, stages)
 
     @contextmanager
     def _progress(self) -> Iterator[Progress]:
@@ -235,7 +227,7 @@ class _Runner:
         self.console.print(text, highlight=False, soft_wrap=True)
 
     def _stage(self, name: str) -> str:
-        marker = self.study.stage(name)
+        marker = self.folder.stage(name)
         if marker.is_file():
             done = json.loads(marker.read_text(encoding="utf-8"))
             self.say(f"[bold cyan]{name}[/] done earlier: {done.get('text', '')}")
@@ -243,7 +235,7 @@ class _Runner:
         if name == "train":
             self.release_host()
         started = time.perf_counter()
-        headline, text = getattr(self, f"_{name}")()
+        headline, text = STAGE_FUNCTIONS[name](self)
         seconds = time.perf_counter() - started
         record = {
             "stage": name,
@@ -252,8 +244,8 @@ class _Runner:
             "headline": headline,
             "text": text,
         }
-        with writing(self.study.stages):
-            self.study.stages.mkdir(exist_ok=True)
+        with writing(self.folder.stages):
+            self.folder.stages.mkdir(exist_ok=True)
         atomic_write(marker, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
         self.say(f"[bold cyan]{name}[/] {seconds:.0f} s: {text}")
         return "ran"
@@ -261,39 +253,16 @@ class _Runner:
     def _stage_seconds(self) -> dict[str, float]:
         out = {}
         for name in STAGES:
-            marker = self.study.stage(name)
+            marker = self.folder.stage(name)
             if marker.is_file():
                 out[name] = float(json.loads(marker.read_text(encoding="utf-8")).get("seconds", 0.0))
         return out
 
-    def _task(self, description: str, total: int) -> Callable[..., None]:
+    def task(self, description: str, total: int) -> Callable[..., None]:
         task = self.bar.add_task(description, total=max(total, 0))
         return lambda **kw: self.bar.update(task, **kw)
 
-    def _train(self) -> tuple[dict[str, Any], str]:
-        steps = self.config.steps
-        pending = [r for r in self.runs if r.status != "done"]
-        update = self._task(f"train {len(pending)} of {len(self.runs)} runs (steps)", len(pending) * steps)
-        for n, run in enumerate(pending):
-            base = n * steps
-            callback = _step_callback(lambda step, base=base: update(completed=base + min(step, steps)))
-            train_sweep_run(run, progress=False, callbacks=[callback])
-            update(completed=base + steps)
-            s = RunDir(run.run_dir).read_summary()
-            self.say(
-                f"  {run.name}: {s.get('global_step')} steps, test loss {_num(s.get('test_loss'))}, "
-                f"{_num(s.get('real_tokens_per_second'), '.0f')} real tokens/s, {_num(s.get('wall_seconds'), '.0f')} s"
-            )
-        summaries = [RunDir(r.run_dir).read_summary() for r in self.runs]
-        loss = spread([s.get("test_loss") for s in summaries])
-        speed = spread([s.get("real_tokens_per_second") for s in summaries])
-        text = (
-            f"{len(self.runs)} runs ({len(pending)} trained now); test loss {_range(loss)}; "
-            f"real tokens/s median {_num(speed and speed['median'], '.0f')} ({_range(speed, '.0f')})"
-        )
-        return {"runs": len(self.runs), "test_loss": loss, "tokens_per_second": speed}, text
-
-    def _analyze_options(self, **changes: Any) -> Any:
+    def analyze_options(self, **changes: Any) -> Any:
         from irm.analysis.pipeline import AnalyzeOptions
 
         c = self.config
@@ -312,129 +281,7 @@ class _Runner:
         )
         return AnalyzeOptions(**{**base, **changes})
 
-    def _record(self) -> tuple[dict[str, Any], str]:
-        from irm.analysis.pipeline import record_run
-        from irm.analysis.recording import is_recording, load_recording
-
-        pending = [r for r in self.runs if not is_recording(RunDir(r.run_dir).record)]
-        update = self._task(f"record {len(pending)} runs", len(pending))
-        for n, run in enumerate(pending):
-            record_run(RunDir(run.run_dir), self.host(), self._analyze_options())
-            update(completed=n + 1)
-        tokens = sum(len(load_recording(RunDir(r.run_dir).record).tokens) for r in self.runs)
-        text = f"{len(self.runs)} recordings ({self.config.record_prompts} prompts x up to {self.config.max_new_tokens} new tokens), {tokens} tokens"
-        return {"recordings": len(self.runs), "tokens": tokens}, text
-
-    def _analysis(self) -> tuple[dict[str, Any], str]:
-        from irm.analysis.pipeline import analyze
-
-        update = self._task("analyse stripes, indices, host outliers", 1)
-        summary = analyze([r.run_dir for r in self.runs], self.study.analysis, self._analyze_options(), hosts=[self.host()])
-        update(completed=1)
-        per_run = analysis_runs(summary, self.runs)
-        parts = []
-        striation = {}
-        for layers in self.config.layers:
-            found = [per_run[r.name]["striation"] for r in self.runs if r.settings["layers"] == layers and r.name in per_run]
-            if found:
-                striation[layers] = {"mean": sum(s["score"] for s in found) / len(found), "noise_level": found[0]["noise_level"]}
-                parts.append(f"striation {layers}: {striation[layers]['mean']:.3f} (noise {found[0]['noise_level']:.3f})")
-        firsts = [per_run[r.name]["top_k"]["indices"][0] for r in self.runs if r.name in per_run]
-        top = max(set(firsts), key=lambda i: (firsts.count(i), -i))
-        parts.append(f"index {top} ranked first in {firsts.count(top)} of {len(firsts)} runs")
-        outliers = json.loads(
-            ((self.study.analysis / self.runs[0].name) if len(self.runs) > 1 else self.study.analysis)
-            .joinpath("host_outliers.json")
-            .read_text()
-        )
-        residual = outliers["residual_max_abs"]
-        parts.append(
-            f"host's largest residual dimension {residual['top_k'][0]} ({_num(residual['ratio_to_median'][0], '.0f')}x the median)"
-        )
-        return {"striation": striation, "most_often_first": {"index": top, "runs": firsts.count(top)}}, "; ".join(parts)
-
-    def _gradients(self) -> tuple[dict[str, Any], str]:
-        from irm.analysis.pipeline import analyze
-
-        update = self._task("host loss gradients at the injection points", 1)
-        options = self._analyze_options(gradients="train", host_outliers=False, token_plots=0)
-        summary = analyze([r.run_dir for r in self.runs], self.study.gradients, options, hosts=[self.host()])
-        update(completed=1)
-        grads = [run.get("host_gradients") or {} for run in analysis_runs(summary, self.runs).values()]
-        rho = spread([g.get("spearman_with_irm_profile") for g in grads])
-        cosine = spread([g.get("mean_cosine_adjacent_layers") for g in grads])
-        text = f"Spearman(|gradient|, IRM profile) {_range(rho)} (mean {_num(rho and rho['mean'])}); adjacent-layer cosine mean {_num(cosine and cosine['mean'])}"
-        return {"spearman_with_irm_profile": rho, "adjacent_layer_cosine": cosine}, text
-
-    def _ablation(self) -> tuple[dict[str, Any], str]:
-        from irm.core.network import IRM
-        from irm.data.rows import read_prompts
-        from irm.evaluation.ablation import ablate
-        from irm.evaluation.scoring import LABELS, EmotionScorer
-
-        c = self.config
-        chosen = self._ablation_runs()
-        pending = [r for r in chosen if not (self.study.ablation / f"{r.name}.json").is_file()]
-        update = self._task(f"ablate top-{c.ablation_k} vs random-{c.ablation_k} ({len(pending)} runs)", len(pending))
-        if pending:
-            per_run = analysis_runs(json.loads((self.study.analysis / "summary.json").read_text(encoding="utf-8")), self.runs)
-            prompts = read_prompts(c.prompts, limit=c.ablation_prompts)
-            scorer = EmotionScorer()
-            host = self.host()
-            with writing(self.study.ablation):
-                self.study.ablation.mkdir(exist_ok=True)
-        for n, run in enumerate(pending):
-            label = alignment_label(str(run.settings["data"]))
-            irm = IRM.from_pretrained(RunDir(run.run_dir).irm, host, device=host.device)
-            indices = per_run[run.name]["top_k"]["indices"][: c.ablation_k]
-            report = ablate(
-                host,
-                irm,
-                indices,
-                prompts,
-                draws=c.ablation_draws,
-                seed=0,
-                max_new_tokens=c.ablation_new_tokens,
-                scorer=scorer,
-                target=label if label in LABELS else None,
-            )
-            report["indices_from"] = f"the IRM's top {c.ablation_k} on the study's recording ({c.record_prompts} prompts)"
-            atomic_write(self.study.ablation / f"{run.name}.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
-            update(completed=n + 1)
-        parts = []
-        found = {}
-        for run in chosen:
-            report = json.loads((self.study.ablation / f"{run.name}.json").read_text(encoding="utf-8"))
-            randoms = [x for x in report.get("effect_removed_random") or [] if x is not None]
-            top, rnd = report.get("effect_removed_ablated"), (sum(randoms) / len(randoms) if randoms else None)
-            found[run.name] = {"target": report.get("target"), "top_k_removed": top, "random_k_removed_mean": rnd}
-            parts.append(f"{report.get('target')}: top-{c.ablation_k} removes {_pct(top)} of the effect, random-{c.ablation_k} {_pct(rnd)}")
-        return found, "; ".join(parts)
-
-    def _ablation_runs(self) -> list[SweepRun]:
+    def ablation_runs(self) -> list[SweepRun]:
         """Each alignment's run with the first seed and the first layer set."""
         first_seed, first_layers = self.config.seed_list()[0], self.config.layers[0]
         return [r for r in self.runs if r.settings["seed"] == first_seed and r.settings["layers"] == first_layers]
-
-
-def _step_callback(update: Callable[[int], None]) -> Any:
-    """A Lightning callback that reports each optimizer step (``trainer.global_step``)."""
-    import lightning.pytorch as pl
-
-    class StepProgress(pl.Callback):
-        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-            update(trainer.global_step)
-
-    return StepProgress()
-
-
-def _num(value: Any, fmt: str = ".3f") -> str:
-    return format(value, fmt) if isinstance(value, (int, float)) else "-"
-
-
-def _range(stats: dict[str, Any] | None, fmt: str = ".3f") -> str:
-    return f"{format(stats['min'], fmt)}-{format(stats['max'], fmt)}" if stats else "-"
-
-
-def _pct(value: Any) -> str:
-    return f"{value:.0%}" if isinstance(value, (int, float)) else "n/a"
