@@ -203,6 +203,7 @@ def _main(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
         (["--layers", "all,0-99"], "--layers: layer 99 is out of range"),
         (["--alignments", "anger,nosuch"], "nosuch"),
         (["--prompts", "missing.csv"], "missing.csv"),
+        (["--max-length", "1"], "bad training setting --max-length 1"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, flags, message):

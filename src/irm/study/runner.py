@@ -181,6 +181,7 @@ class Study:
         """Refuse a bad host, layer set, data file or prompts file before anything is written."""
         from irm.core.layers import parse_layers
         from irm.data.rows import read_prompts, read_rows
+        from irm.training.config import TrainConfig
 
         host = self.host()
         num_layers = len(host.spec.layers(host.model))
@@ -190,6 +191,8 @@ class Study:
             except IRMError as exc:
                 raise IRMError(f"--layers: {exc.message}", hint=exc.hint) from None
         host.require_tokenizer()
+        for run in self.runs:  # every training setting, checked as `irm train` checks it
+            TrainConfig.from_dict({**run.settings, "out": str(run.run_dir)}, source="the study's training settings")
         for data in self.config.grid()["data"]:
             read_rows(data, limit=self.config.max_rows)
         read_prompts(self.config.prompts, limit=1)
