@@ -35,6 +35,7 @@ def study(
     warmup_steps: Annotated[Optional[int], Opt(help=help_of("warmup_steps") + " [6]")] = None,
     max_length: Annotated[Optional[int], Opt(help=help_of("max_length") + " [64]")] = None,
     max_rows: Annotated[Optional[int], Opt(help=help_of("max_rows"))] = None,
+    rank: Annotated[Optional[int], Opt(help=help_of("rank") + " [off: the paper's IRM]")] = None,
     checkpoint_every: Annotated[Optional[int], Opt(help=help_of("checkpoint_every") + " [10]")] = None,
     prompts: Annotated[Optional[str], Opt(help=help_of("prompts") + " [builtin:prompts]")] = None,
     record_prompts: Annotated[Optional[int], Opt(help=help_of("record_prompts") + " [8]")] = None,

@@ -52,6 +52,9 @@ class StudyConfig:
     )
     max_length: int = field(default=64, metadata=_help("Training rows are cut to this many tokens (prompt format included)."))
     max_rows: int | None = field(default=None, metadata=_help("Use only the first N rows of each alignment's data (default: all)."))
+    rank: int | None = field(
+        default=None, metadata=_help("Low-rank IRMs: factorise each IRM's output layer through this rank (less memory on large hosts).")
+    )
     checkpoint_every: int = field(default=10, metadata=_help("Checkpoint each run every N steps (a killed run resumes from there)."))
     # recording and analysis
     prompts: str = field(default="builtin:prompts", metadata=_help("Held-out prompts for recording and ablation (file or builtin:NAME)."))
@@ -88,6 +91,7 @@ class StudyConfig:
             ("ablation_new_tokens", self.ablation_new_tokens >= 1, "must be >= 1"),
             ("ablation_k", 1 <= self.ablation_k <= self.top_k, f"must be between 1 and --top-k ({self.top_k})"),
             ("max_rows", self.max_rows is None or self.max_rows >= 1, "must be >= 1"),
+            ("rank", self.rank is None or self.rank >= 1, "must be >= 1"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
             ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a positive number"),
             ("massive_ratio", math.isfinite(self.massive_ratio) and self.massive_ratio > 1, "must be a number above 1"),
@@ -119,6 +123,7 @@ class StudyConfig:
             "warmup_steps": self.warmup_steps,
             "max_length": self.max_length,
             "max_rows": self.max_rows,
+            "rank": self.rank,
             "val_fraction": 0.01,
             "test_fraction": 0.01,
             "checkpoint_every": self.checkpoint_every,
