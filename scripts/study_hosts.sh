@@ -29,7 +29,8 @@ HOSTS=("$@")
 # ablated against 5 random draws of 10 on 24 prompts, for each alignment's seed-1 all-layer run.
 FULL=(--alignments anger,sadness,joy --seeds 2 --layers all,0-7 --steps 30)
 # Qwen2.5-Coder-1.5B: fewer runs (3: one seed, all layers). Its paper-shaped IRM on all 28
-# layers has ~283 M parameters (~4.5 GB with Adam) beside the 6 GB fp32 host: about 12 GB.
+# layers has ~269 M parameters (~4.3 GB with its gradients and Adam state) beside the 6.2 GB
+# fp32 host: about 11 GB before activations.
 # Where that does not fit, add --rank 64 (low-rank IRMs; say so next to the table).
 SMALL=(--alignments anger,sadness,joy --seeds 1 --layers all --steps 30)
 
