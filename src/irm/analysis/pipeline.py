@@ -73,9 +73,9 @@ class AnalyzeOptions:
 class _Hosts:
     """Load each host once, and measure its outlier dimensions once."""
 
-    def __init__(self, options: AnalyzeOptions) -> None:
+    def __init__(self, options: AnalyzeOptions, loaded: Sequence[Host] = ()) -> None:
         self.options = options
-        self.hosts: dict[str, Host] = {}
+        self.hosts: dict[str, Host] = {host.name: host for host in loaded}
         self.outliers: dict[str, HostOutliers] = {}
         self.gradients: dict[tuple[str, str, tuple[int, ...], str], ResidualGradients] = {}
 
@@ -138,18 +138,24 @@ def open_input(path: str | Path, hosts: _Hosts) -> Recording:
         if is_recording(run.record):
             return load_recording(run.record)
         from irm.core.config import IRMConfig
-        from irm.core.network import IRM
 
-        host = hosts.host(IRMConfig.load(run.irm).host.name)
-        irm = IRM.from_pretrained(run.irm, host, device=host.device)
-        prompts = read_prompts(hosts.options.prompts, limit=hosts.options.prompt_limit)
-        rec = record(host, irm, prompts, max_new_tokens=hosts.options.max_new_tokens)
-        save_recording(rec, run.record, overwrite=True)
-        return load_recording(run.record)
+        return record_run(run, hosts.host(IRMConfig.load(run.irm).host.name), hosts.options)
     raise IRMError(
         f"{path} is neither a recording nor a run directory",
         hint="pass a directory written by `irm record`, or a run directory of `irm train` (with RUN/irm)",
     )
+
+
+def record_run(run: RunDir, host: Host, options: AnalyzeOptions) -> Recording:
+    """Record a run's IRM on the analysis prompts into ``RUN/record`` (replacing a recording
+    there, written whole or not at all) and open it."""
+    from irm.core.network import IRM
+
+    irm = IRM.from_pretrained(run.irm, host, device=host.device)
+    prompts = read_prompts(options.prompts, limit=options.prompt_limit)
+    rec = record(host, irm, prompts, max_new_tokens=options.max_new_tokens)
+    save_recording(rec, run.record, overwrite=True)
+    return load_recording(run.record)
 
 
 def _label(path: Path) -> str:
@@ -269,23 +275,26 @@ def move_into(staging: Path, out: Path) -> None:
                 os.replace(path, target)
 
 
-def analyze(inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptions | None = None) -> dict[str, Any]:
+def analyze(
+    inputs: Sequence[str | Path], out: str | Path, options: AnalyzeOptions | None = None, *, hosts: Sequence[Host] = ()
+) -> dict[str, Any]:
     """Analyse every input; with several, also compare their dominant indices. Every file is
     first written to a folder beside ``out`` and moved into ``out`` only when all are
-    written: a full disk or a crash leaves ``out`` as it was."""
+    written: a full disk or a crash leaves ``out`` as it was. ``hosts`` already loaded are
+    used instead of loading them again (by name)."""
     options = options or AnalyzeOptions()
     if not inputs:
         raise IRMError("nothing to analyse", hint="pass one or more recording or run directories")
     out = check_analysis_out(Path(out))
-    hosts = _Hosts(options)
-    recordings = [open_input(path, hosts) for path in inputs]  # damaged inputs are refused before anything is written
+    loaded = _Hosts(options, hosts)
+    recordings = [open_input(path, loaded) for path in inputs]  # damaged inputs are refused before anything is written
     created = not out.exists()
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     staging = staging_folder(out)
     try:
         with writing(out):  # a full disk (np.save, savefig ...) becomes a clear error
-            result = _analyze_into(inputs, recordings, staging, out, hosts)
+            result = _analyze_into(inputs, recordings, staging, out, loaded)
         move_into(staging, out)
     except BaseException:
         if created and not any(f.is_file() for f in out.rglob("*")):

@@ -22,6 +22,7 @@ from irm.cli import (
     reference,
     report,
     steer,
+    study,
     sweep,
     train,
 )
@@ -41,6 +42,7 @@ app.command()(generate.generate)
 app.command()(demo.demo)
 app.command()(train.train)
 app.command()(sweep.sweep)
+app.command()(study.study)
 app.command()(report.report)
 app.command()(evaluate.evaluate)
 app.command()(data.score)

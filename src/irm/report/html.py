@@ -520,6 +520,8 @@ def report_target(target: str | Path) -> tuple[Path, Path]:
     target = Path(target)
     if not target.is_dir():
         raise IRMError(f"{target} is not a directory", hint="pass a run directory (irm train --out) or a sweep directory")
+    if (target / "findings.json").is_file() and (target / "study.json").is_file():  # an irm study
+        return target, target / "report.html"
     if (target / "runs").is_dir():
         return target, target / "report.html"
     if not RunDir(target).is_run():
@@ -537,6 +539,10 @@ def build_report(target: str | Path, out: str | Path | None = None, *, overwrite
     page = Path(out) if out else default
     is_default = page.absolute().resolve() == default.absolute().resolve() if not page.is_symlink() else False
     check_output_file(page, overwrite=overwrite or is_default, option="--out")
+    if (target / "study.json").is_file() and (target / "findings.json").is_file():
+        from irm.report.study import study_report
+
+        return study_report(target, page)
     if (target / "runs").is_dir():
         return sweep_report(target, page)
     return run_report(target, page)

@@ -27,7 +27,7 @@ def lock_path(run: Path) -> Path:
 
 
 @contextmanager
-def run_lock(run: Path, option: str = "--out") -> Iterator[None]:
+def run_lock(run: Path, option: str = "--out", command: str = "irm train") -> Iterator[None]:
     """Hold the lock on ``run`` for the body, or refuse at once (naming the process that
     holds it) when another process has it. Folders made only to hold the lock file are
     removed again when they are left empty."""
@@ -35,7 +35,7 @@ def run_lock(run: Path, option: str = "--out") -> Iterator[None]:
     made = outermost_missing(path.parent)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, run, option)
+    fd = _acquire(path, run, option, command)
     try:
         yield
     finally:
@@ -49,7 +49,7 @@ def run_lock(run: Path, option: str = "--out") -> Iterator[None]:
             _remove_empty(path.parent, made)
 
 
-def _acquire(path: Path, run: Path, option: str) -> int:
+def _acquire(path: Path, run: Path, option: str, command: str) -> int:
     while True:
         with writing(path):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -59,7 +59,7 @@ def _acquire(path: Path, run: Path, option: str) -> int:
             holder = _read_holder(fd)
             os.close(fd)
             raise IRMError(
-                f"{option} {run} is in use: another irm train ({holder}) is writing it",
+                f"{option} {run} is in use: another {command} ({holder}) is writing it",
                 hint=f"wait for that process to finish (or stop it), then run again; or choose another {option}",
             ) from None
         if _same_file(fd, path):  # not unlinked by its last holder between open and flock

@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,8 +212,16 @@ def _after_failure(state: _RunState, config: TrainConfig, exc: BaseException) ->
     return None
 
 
-def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) one run and return where its IRM was written.
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Train (or resume) one run and return where its IRM was written; ``callbacks`` are
+    extra Lightning callbacks (e.g. a caller's own progress display).
 
     Bad input (data, host, settings, layers) is refused before the run directory is
     created; a fault before the first checkpoint removes the directory this call created;
@@ -221,7 +229,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: b
     reduce it."""
     state = _RunState()
     try:
-        return _train(config, resume=resume, overwrite=overwrite, progress=progress, state=state)
+        return _train(config, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks, state=state)
     except BaseException as exc:
         replacement = _after_failure(state, config, exc)
         if replacement is not None:
@@ -375,7 +383,9 @@ def _write_run_dir(inputs: _Inputs, *, resumed: bool, overwrite: bool, state: _R
     return run
 
 
-def _build_trainer(config: TrainConfig, run: Path, examples: dict[str, list[Example]], *, resumed: bool, progress: bool) -> tuple[Any, Any]:
+def _build_trainer(
+    config: TrainConfig, run: Path, examples: dict[str, list[Example]], *, resumed: bool, progress: bool, extra: Sequence[Any] = ()
+) -> tuple[Any, Any]:
     """The Lightning trainer of a run and its throughput meter."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
@@ -389,7 +399,7 @@ def _build_trainer(config: TrainConfig, run: Path, examples: dict[str, list[Exam
 
     has_val = bool(examples["validation"])
     meter = ThroughputMeter()
-    callbacks: list[Any] = [PeriodicCheckpoint(RunDir(run).checkpoint, config.checkpoint_every), meter, LearningRateMonitor("step")]
+    callbacks: list[Any] = [PeriodicCheckpoint(RunDir(run).checkpoint, config.checkpoint_every), meter, LearningRateMonitor("step"), *extra]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=config.patience, mode="min", check_on_train_epoch_end=False))
     n_batches = max(1, len(examples["train"]) // (config.batch_size * config.devices * config.num_nodes))
@@ -518,7 +528,9 @@ def _write_outputs(run: Path, irm: IRM, trainer: Any, summary: dict[str, Any]) -
     return irm_dir
 
 
-def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, progress: bool, state: _RunState) -> TrainResult:
+def _train(
+    config: TrainConfig, *, resume: str | Path | None, overwrite: bool, progress: bool, callbacks: Sequence[Any], state: _RunState
+) -> TrainResult:
     import lightning.pytorch as pl
 
     from irm.training.module import IRMTrainingModule
@@ -540,7 +552,7 @@ def _train(config: TrainConfig, *, resume: str | Path | None, overwrite: bool, p
         module = IRMTrainingModule(
             host.model, irm, config, examples["train"], examples["validation"], examples["test"], tokenizer.pad_token_id
         )
-        trainer, meter = _build_trainer(config, run, examples, resumed=inputs.checkpoint is not None, progress=progress)
+        trainer, meter = _build_trainer(config, run, examples, resumed=inputs.checkpoint is not None, progress=progress, extra=callbacks)
         elapsed, test_loss = _fit_and_test(trainer, module, inputs, bool(examples["test"]))
     summary = _summary(config, run, irm, trainer, module, meter, inputs.splits, examples, reports, elapsed, test_loss)
     irm_dir = _write_outputs(run, irm, trainer, summary)

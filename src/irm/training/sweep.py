@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,18 +112,43 @@ def load_sweep(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, list[A
 
 def expand(path: str | Path) -> tuple[Path, list[SweepRun]]:
     out, base, grid = load_sweep(path)
+    return out, expand_grid(out, base, grid)
+
+
+def expand_grid(out: Path, base: dict[str, Any], grid: dict[str, list[Any]]) -> list[SweepRun]:
+    """Every combination of ``grid`` over ``base``, as runs under ``out/runs`` (in grid order)."""
     keys = list(grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-    return out, [
+    return [
         SweepRun(index=index, name=name, settings={**base, **settings}, run_dir=out / "runs" / name)
         for index, (settings, name) in enumerate(zip(points, _names(points)))
     ]
 
 
-def run_sweep(path: str | Path, *, index: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Train every pending run (or only run ``index``); returns one status row per run."""
+def train_sweep_run(run: SweepRun, *, progress: bool = True, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train one run of a sweep unless it is done: a pending run from the start (replacing
+    what a run killed before its first checkpoint left), an interrupted one from its last
+    checkpoint. Returns its status row; ``callbacks`` are extra Lightning callbacks."""
     from irm.training.run import train
 
+    status = run.status
+    if status != "done":
+        config = TrainConfig.from_dict({**run.settings, "out": str(run.run_dir)})
+        resume = run.run_dir if status == "interrupted" else None
+        train(config, resume=resume, overwrite=status == "pending", progress=progress, callbacks=callbacks)
+    summary = RunDir(run.run_dir).read_summary()
+    return {
+        "index": run.index,
+        "name": run.name,
+        "status": "done",
+        "was": status,
+        "val_loss": summary.get("val_loss"),
+        "run_dir": str(run.run_dir),
+    }
+
+
+def run_sweep(path: str | Path, *, index: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Train every pending run (or only run ``index``); returns one status row per run."""
     out, runs = expand(path)
     if index is not None:
         if not 0 <= index < len(runs):
@@ -130,21 +156,4 @@ def run_sweep(path: str | Path, *, index: int | None = None, progress: bool = Tr
         runs = [runs[index]]
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_FILE).write_text(Path(path).read_text(encoding="utf-8"), encoding="utf-8")
-    rows = []
-    for run in runs:
-        status = run.status
-        if status != "done":
-            config = TrainConfig.from_dict({**run.settings, "out": str(run.run_dir)})
-            train(config, resume=run.run_dir if status == "interrupted" else None, overwrite=status == "pending", progress=progress)
-        summary = RunDir(run.run_dir).read_summary()
-        rows.append(
-            {
-                "index": run.index,
-                "name": run.name,
-                "status": "done",
-                "was": status,
-                "val_loss": summary.get("val_loss"),
-                "run_dir": str(run.run_dir),
-            }
-        )
-    return rows
+    return [train_sweep_run(run, progress=progress) for run in runs]
