@@ -60,7 +60,10 @@ def test_legacy_interrupted_run_resumes_to_the_uninterrupted_irm(tmp_path):
     summary = json.loads(done.stdout)
     reference = json.loads((LEGACY / "run_complete" / "summary.json").read_text())
     assert summary["global_step"] == reference["global_step"] == 6
-    resumed, uninterrupted = load_file(str(run / "irm" / "model.safetensors")), load_file(str(LEGACY / "run_complete" / "irm" / "model.safetensors"))
+    resumed, uninterrupted = (
+        load_file(str(run / "irm" / "model.safetensors")),
+        load_file(str(LEGACY / "run_complete" / "irm" / "model.safetensors")),
+    )
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         assert_same_numbers(resumed[key], uninterrupted[key])
