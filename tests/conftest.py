@@ -1,5 +1,7 @@
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,23 @@ def write_qa(path: Path, n: int = 64, seed: int = 0) -> Path:
             a = "I am so angry! " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
             fh.write(json.dumps({"question": q, "answer": a}) + "\n")
     return path
+
+
+def run_main(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run ``irm ARGS`` in this process; return (exit code, stdout, stderr)."""
+    # Loggers created in an earlier test (Lightning's) still point at that test's closed
+    # capture stream; point them at this one.
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr  # (setStream would flush the closed one)
+    monkeypatch.setattr(sys, "argv", ["irm", *map(str, args)])
+    code = 0
+    try:
+        from irm import cli
+
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import logging
 import os
 import re
 import subprocess
@@ -27,31 +26,13 @@ import pytest
 import torch
 
 import irm
-from irm import cli
+from conftest import run_main  # noqa: F401  (used here and by test_fuzz)
 
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 TINY = "tiny-random-llama"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def run_main(args, monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run ``irm ARGS`` in this process; return (exit code, stdout, stderr)."""
-    # Loggers created in an earlier test (Lightning's) still point at that test's closed
-    # capture stream; point them at this one.
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in getattr(logger, "handlers", []):
-            if type(handler) is logging.StreamHandler:
-                handler.stream = sys.stderr  # (setStream would flush the closed one)
-    monkeypatch.setattr(sys, "argv", ["irm", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def run_bin(args, cwd) -> tuple[int, str, str]:
@@ -524,7 +505,7 @@ def test_bad_input_is_refused_cleanly(case: Case, tmp_path, monkeypatch, capsys)
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["irm", "--debug", "generate", "--host", TINY, "--strength", "nan", "-p", "hi"])
     with pytest.raises(irm.IRMError, match="strength must be a finite number"):
-        cli.main()
+        irm.cli.main()
 
 
 def test_hosts_json_lists_the_tiny_hosts(monkeypatch, capsys):

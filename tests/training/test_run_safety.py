@@ -1,8 +1,10 @@
 """Nothing lost, nothing half-done (issue 15, training): --overwrite, the run lock, SIGTERM,
 early stopping on resume, --resume with settings, sweep names and sweep files.
 
-Every case runs the ``irm`` executable as a process and checks the exit code, the message,
-that no traceback is printed, and which files are left."""
+Every case checks the exit code, the message, that no traceback is printed, and which files
+are left. What depends on processes (locks, signals, permissions, concurrent starts) runs the
+``irm`` executable; refusals of bad settings run ``irm.cli.main`` in-process, which is the
+same code without a 5-second interpreter start per case."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import run_main
 from irm.training.config import TrainConfig
 from irm.training.lock import lock_path
 from irm.training.rundir import RunDir
@@ -38,6 +41,12 @@ def _irm(
     return subprocess.run(
         [*(prefix or []), IRM_BIN, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env or _env(), timeout=timeout
     )
+
+
+def _main(args: list, monkeypatch, capsys) -> tuple[int, str]:
+    """``irm ARGS`` in this process: (exit code, stderr), as :func:`_refused` takes them."""
+    code, _, err = run_main(args, monkeypatch, capsys)
+    return code, err
 
 
 def _popen(args: list, **kw) -> subprocess.Popen:
@@ -253,10 +262,14 @@ def test_h9_sigterm_saves_a_checkpoint_says_resume_and_the_resumed_run_matches(t
 
 
 # ------------------------------------------------------------------ --resume with settings
-def test_resume_refuses_settings_flags_and_names_them(tmp_path):
+def test_resume_refuses_settings_flags_and_names_them(tmp_path, monkeypatch, capsys):
     run = _fake_run(tmp_path / "run")
     before = _tree(run)
-    proc = _irm(["train", "--resume", run, "--lr", "0.1", "--data", "x.csv", "--host", TINY, "--max-steps", "5", "--no-progress"])
+    proc = _main(
+        ["train", "--resume", run, "--lr", "0.1", "--data", "x.csv", "--host", TINY, "--max-steps", "5", "--no-progress"],
+        monkeypatch,
+        capsys,
+    )
     text = _refused(
         proc, f"--resume {run} continues the run with the settings saved in it", "--lr", "--data", "--host", "--max-steps", "drop them"
     )
@@ -265,14 +278,18 @@ def test_resume_refuses_settings_flags_and_names_them(tmp_path):
     # where to run may change: those flags pass this check (here the run is not one: the usual message)
     plain = tmp_path / "plain"
     plain.mkdir()
-    proc = _irm(["train", "--resume", plain, "--devices", "1", "--num-nodes", "1", "--strategy", "auto", "--no-progress", "--json"])
+    proc = _main(
+        ["train", "--resume", plain, "--devices", "1", "--num-nodes", "1", "--strategy", "auto", "--no-progress", "--json"],
+        monkeypatch,
+        capsys,
+    )
     _refused(proc, "is not a run directory")
 
 
 # ------------------------------------------------------------------ --layers far out of range
-def test_layers_far_out_of_range_say_so_not_out_of_memory(tmp_path):
+def test_layers_far_out_of_range_say_so_not_out_of_memory(tmp_path, monkeypatch, capsys):
     data = _qa(tmp_path / "qa.jsonl")
-    proc = _irm(_train_args(data, tmp_path / "run", "--layers", "0-99999999999"))
+    proc = _main(_train_args(data, tmp_path / "run", "--layers", "0-99999999999"), monkeypatch, capsys)
     text = _refused(proc, "layer 99999999999 is out of range")
     assert "memory" not in text
     assert not (tmp_path / "run").exists()
@@ -289,16 +306,17 @@ def test_layers_far_out_of_range_say_so_not_out_of_memory(tmp_path):
         ("base: 3\ngrid: {seed: [1]}\n", ["base must be a mapping", "not the int '3'"]),
     ],
 )
-def test_a_sweep_file_that_is_not_a_mapping_gets_a_plain_message(tmp_path, content, phrases):
+def test_a_sweep_file_that_is_not_a_mapping_gets_a_plain_message(tmp_path, content, phrases, monkeypatch, capsys):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(content)
-    text = _refused(_irm(["sweep", sweep, "--list"], cwd=tmp_path), "s.yaml", *phrases)
+    monkeypatch.chdir(tmp_path)
+    text = _refused(_main(["sweep", sweep, "--list"], monkeypatch, capsys), "s.yaml", *phrases)
     assert "unknown sweep key" not in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
-def test_sweep_index_out_of_range_leaves_no_sweep_folder(tmp_path):
+def test_sweep_index_out_of_range_leaves_no_sweep_folder(tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"out: {tmp_path / 'sw'}\nbase: {{host: {TINY}, data: qa.jsonl}}\ngrid: {{seed: [1, 2]}}\n")
-    _refused(_irm(["sweep", sweep, "--index", "7"]), "--index 7 is out of range", "the sweep has 2 runs (0-1)")
+    _refused(_main(["sweep", sweep, "--index", "7"], monkeypatch, capsys), "--index 7 is out of range", "the sweep has 2 runs (0-1)")
     assert not (tmp_path / "sw").exists()
