@@ -6,7 +6,6 @@ refused with exit 2 and a message."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import irm
+from conftest import run_main
 from irm.errors import HostError
 from irm.hosts.loading import resolve_device
 from reference_checkpoints import (
@@ -26,10 +26,10 @@ from reference_checkpoints import (
 IRM_BIN = str(Path(sys.executable).parent / "irm")
 
 
-def run_irm(*args, cwd=None):
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([IRM_BIN, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
-    return proc.returncode, proc.stdout, proc.stderr
+@pytest.fixture
+def run_irm(monkeypatch, capsys):
+    """``irm ARGS`` run in-process through ``irm.cli.main``: (exit code, stdout, stderr)."""
+    return lambda *args: run_main(args, monkeypatch, capsys)
 
 
 def assert_refused(result, *words):
@@ -65,7 +65,7 @@ def test_model_only_folder_is_a_host_without_tokenizer(model_only, tiny_llama):
         irm.generate(host, ["hi"])
 
 
-def test_import_reference_on_a_model_only_folder_reproduces_the_reference(tmp_path, model_only, tiny_llama):
+def test_import_reference_on_a_model_only_folder_reproduces_the_reference(tmp_path, model_only, tiny_llama, run_irm):
     tensors = reference_tensors(N_LAYERS, seed=2)
     ckpt = write_checkpoint(tmp_path / "ref.ckpt", tiny_llama, tensors)
     out = tmp_path / "irm"
@@ -83,7 +83,7 @@ def test_import_reference_on_a_model_only_folder_reproduces_the_reference(tmp_pa
     assert (got - bare).abs().max().item() > 1e-3
 
 
-def test_text_commands_refuse_a_host_without_tokenizer(tmp_path, model_only):
+def test_text_commands_refuse_a_host_without_tokenizer(tmp_path, model_only, run_irm):
     assert_refused(run_irm("generate", "--host", model_only, "-p", "hi", "--irm", "none"), "this host has no tokenizer")
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(12)))
@@ -93,7 +93,7 @@ def test_text_commands_refuse_a_host_without_tokenizer(tmp_path, model_only):
     assert not (tmp_path / "run").exists()
 
 
-def test_broken_host_folders_are_refused(tmp_path, tiny_llama):
+def test_broken_host_folders_are_refused(tmp_path, tiny_llama, run_irm):
     no_weights = tmp_path / "no-weights"
     tiny_llama.model.config.save_pretrained(no_weights)
     bert = tmp_path / "bert"
@@ -119,7 +119,7 @@ def test_bad_device_strings_name_the_option(device):
     assert device in info.value.message and info.value.hint
 
 
-def test_bad_device_is_refused_before_any_work(tmp_path):
+def test_bad_device_is_refused_before_any_work(tmp_path, run_irm):
     device = "gpu0"
     assert_refused(run_irm("generate", "--host", "tiny-random-llama", "-p", "hi", "--irm", "none", "--device", device), "--device", "gpu0")
     assert resolve_device("cpu") == torch.device("cpu") and resolve_device("auto").type in ("cpu", "cuda")
