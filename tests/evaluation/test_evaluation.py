@@ -7,13 +7,14 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import irm
-from conftest import nontrivial_irm
+from conftest import nontrivial_irm, run_main
 from irm.core.adapters import adapter_kind, load_adapter
 from irm.core.config import IRMConfig
 from irm.core.steering import (
@@ -367,13 +368,20 @@ def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, o
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
 
 
-def _irm_cli(*args, cwd):
-    binary = str(Path(sys.executable).parent / "irm")
-    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+@pytest.fixture
+def _irm_cli(monkeypatch, capsys):
+    """``irm ARGS`` in-process through ``irm.cli.main``, from folder ``cwd``."""
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        code, out, err = run_main(args, monkeypatch, capsys)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
 @pytest.mark.parametrize("default_out", [False, True])
-def test_cli_evaluate_refuses_an_existing_evaluation_without_overwrite(tmp_path, default_out):
+def test_cli_evaluate_refuses_an_existing_evaluation_without_overwrite(tmp_path, default_out, _irm_cli):
     out = tmp_path / "runs" / "eval" if default_out else tmp_path / "mine"
     out.mkdir(parents=True)
     (out / "report.json").write_text('{"old": true}\n')
@@ -386,7 +394,7 @@ def test_cli_evaluate_refuses_an_existing_evaluation_without_overwrite(tmp_path,
 
 
 @pytest.mark.slow
-def test_cli_evaluate_overwrite_replaces_only_its_own_files(tmp_path):
+def test_cli_evaluate_overwrite_replaces_only_its_own_files(tmp_path, _irm_cli):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "report.json").write_text('{"old": true}\n')

@@ -3,10 +3,11 @@
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import write_qa
+from conftest import run_main, write_qa
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
@@ -204,15 +205,19 @@ def test_report_escapes_what_it_shows(short_run, tmp_path):
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
 
 
-def _irm(*args, cwd):
-    import subprocess
-    import sys
+@pytest.fixture
+def _irm(monkeypatch, capsys):
+    """``irm ARGS`` in-process through ``irm.cli.main``, from folder ``cwd``."""
 
-    binary = str(Path(sys.executable).parent / "irm")
-    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        code, out, err = run_main(args, monkeypatch, capsys)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
 
 
-def test_cli_report_refuses_an_existing_out_file_without_overwrite(tmp_path):
+def test_cli_report_refuses_an_existing_out_file_without_overwrite(tmp_path, _irm):
     run = tmp_path / "run"
     shutil.copytree(LEGACY_RUN, run)
     mine = tmp_path / "mine.html"
@@ -226,7 +231,7 @@ def test_cli_report_refuses_an_existing_out_file_without_overwrite(tmp_path):
     assert "tiny-random-llama" in mine.read_text()
 
 
-def test_cli_report_rewrites_its_own_default_page(tmp_path):
+def test_cli_report_rewrites_its_own_default_page(tmp_path, _irm):
     run = tmp_path / "run"
     shutil.copytree(LEGACY_RUN, run)
     (run / "report.html").write_text("an older page")
