@@ -21,6 +21,7 @@ from irm.cli import (
     hosts,
     reference,
     report,
+    serve,
     steer,
     sweep,
     train,
@@ -42,6 +43,7 @@ app.command()(demo.demo)
 app.command()(train.train)
 app.command()(sweep.sweep)
 app.command()(report.report)
+app.command()(serve.serve)
 app.command()(evaluate.evaluate)
 app.command()(data.score)
 app.command("import-reference")(reference.import_reference)

@@ -153,6 +153,10 @@ class Engine:
             self._lock.notify_all()
 
     @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
     def active(self) -> int:
         batch = self._batch
         return len(batch.jobs) if batch is not None else 0
@@ -203,6 +207,8 @@ class Engine:
             if job.sampling.temperature > 0:
                 job.generator = torch.Generator(device=device)
                 job.generator.manual_seed(job.sampling.seed if job.sampling.seed is not None else int(torch.seed()))
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(sum(len(j.prompt_ids) for j in jobs))
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(jobs, ids, mask, positions, cache)
         tokens = self._sample(logits, jobs)
@@ -246,6 +252,8 @@ class Engine:
                 continue
             if job.first_token is None:
                 job.first_token = now
+                if self.metrics is not None:
+                    self.metrics.first_token.observe(now - job.submitted)
             job.generated.append(token)
             if self.metrics is not None:
                 self.metrics.tokens.labels(irm=job.route.adapter or "none").inc()
