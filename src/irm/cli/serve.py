@@ -64,9 +64,7 @@ def serve(
     metrics = ServerMetrics(max_batch)
     engine = Engine(loaded_host, adapters, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     state = ServerState(engine, metrics, api_key=api_key or None, default_max_tokens=max_tokens)
-    config = uvicorn.Config(
-        create_app(state), host=bind, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout
-    )
+    config = uvicorn.Config(create_app(state), host=bind, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout)
     err_console.print(f"irm serve: {loaded_host.name} with {', '.join(names) or 'no IRM'} on http://{bind}:{port}/", highlight=False)
     server = uvicorn.Server(config)
     server.run()

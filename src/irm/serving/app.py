@@ -37,7 +37,16 @@ from irm.serving.engine import Engine, Event, Job, QueueFull, Sampling
 from irm.serving.metrics import ServerMetrics
 from irm.serving.schemas import ApiError, ChatRequest, CompletionRequest, error_body
 
-ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/assets/heatmap.js", "/assets/heatmap.css")
+ENDPOINTS = (
+    "/",
+    "/health",
+    "/metrics",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/assets/heatmap.js",
+    "/assets/heatmap.css",
+)
 DISCONNECT_POLL_S = 0.25
 Body = TypeVar("Body", ChatRequest, CompletionRequest)
 
@@ -76,7 +85,9 @@ class Gatekeeper:
             await send(message)
 
         if self.state.api_key is not None and path != "/health" and not self._authorized(scope):
-            body = error_body("missing or wrong API key: send 'Authorization: Bearer KEY'", kind="authentication_error", code="invalid_api_key")
+            body = error_body(
+                "missing or wrong API key: send 'Authorization: Bearer KEY'", kind="authentication_error", code="invalid_api_key"
+            )
             await JSONResponse(body, status_code=401)(scope, receive, counted)
             return
         await self.app(scope, receive, counted)
@@ -115,7 +126,9 @@ def create_app(state: ServerState) -> FastAPI:
         created = int(time.time())
         data = [{"id": state.host_id, "object": "model", "created": created, "owned_by": "irm", "irm": None}]
         for name, layers in state.engine.layers.items():
-            data.append({"id": f"{state.host_id}+{name}", "object": "model", "created": created, "owned_by": "irm", "irm": name, "layers": layers})
+            data.append(
+                {"id": f"{state.host_id}+{name}", "object": "model", "created": created, "owned_by": "irm", "irm": name, "layers": layers}
+            )
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")

@@ -19,9 +19,7 @@ class ServerMetrics:
         buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch})
         self.batch_size = Histogram("irm_batch_size", "Rows in each batched decode step", buckets=buckets, registry=r)
         self.latency = Histogram("irm_request_latency_seconds", "Submission to last token", buckets=LATENCY_BUCKETS, registry=r)
-        self.first_token = Histogram(
-            "irm_time_to_first_token_seconds", "Submission to first token", buckets=LATENCY_BUCKETS, registry=r
-        )
+        self.first_token = Histogram("irm_time_to_first_token_seconds", "Submission to first token", buckets=LATENCY_BUCKETS, registry=r)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
