@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,7 +23,9 @@ def parse_irm_option(value: str) -> tuple[str, str]:
 
 def serve(
     host: HostOpt = DEFAULT_HOST,
-    irm: Annotated[list[str], typer.Option("--irm", help="NAME=DIR of an IRM or steering vector to serve; repeat for more.")] = [],
+    irm: Annotated[
+        Optional[list[str]], typer.Option("--irm", help="NAME=DIR of an IRM or steering vector to serve; repeat for more.")
+    ] = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     bind: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 keeps the server to this machine.")] = "127.0.0.1",
     api_key: Annotated[
@@ -55,7 +57,7 @@ def serve(
     from irm.serving.metrics import ServerMetrics
 
     check_port_free(bind, port)
-    named = [parse_irm_option(v) for v in irm]
+    named = [parse_irm_option(v) for v in irm or []]
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
         raise IRMError(f"--irm names must differ, got {names}", hint="give each IRM its own NAME")
