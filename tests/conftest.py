@@ -47,3 +47,16 @@ def write_qa(path: Path, n: int = 64, seed: int = 0) -> Path:
             a = "I am so angry! " + " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
             fh.write(json.dumps({"question": q, "answer": a}) + "\n")
     return path
+
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""How the browser tests launch Debian's Chromium (headless, offline, no sandbox as root)."""

@@ -6,21 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_qa
+from conftest import CHROMIUM_ARGS, write_qa
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
