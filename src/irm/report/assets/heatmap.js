@@ -122,7 +122,8 @@
       for (let k = 0; k < rows; k += every) ctx.fillText(String(d.layers[k]), p.x - 4, p.y + p.h - (k + 0.5) * (p.h / rows));
       ctx.save(); ctx.translate(10, p.y + p.h / 2); ctx.rotate(-Math.PI / 2); ctx.textAlign = "center"; ctx.fillText("layer", 0, 0); ctx.restore();
       ctx.textAlign = "center"; ctx.textBaseline = "top";
-      const step = Math.max(1, Math.ceil((x1 - x0) / 10));
+      const rough = Math.max(1, (x1 - x0) / 10), power = Math.pow(10, Math.floor(Math.log10(rough)));
+      const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
       for (let h = Math.ceil(x0 / step) * step; h < x1; h += step) {
         const x = p.x + ((h - x0 + 0.5) / (x1 - x0)) * p.w;
         ctx.fillRect(x, p.y + p.h, 1, 3); ctx.fillText(String(h), x, p.y + p.h + 4);
