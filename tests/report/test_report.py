@@ -217,7 +217,9 @@ def test_report_escapes_what_it_shows(short_run, tmp_path):
     shutil.copytree(short_run, run)
     (run / "generations.json").write_text(json.dumps([{"prompt": "<script>alert(1)</script>", "IRM off": "a & b"}]))
     text = build_report(run).read_text()
-    assert "<script>" not in text and "&lt;script&gt;" in text and "a &amp; b" in text
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)" in text and "a &amp; b" in text
+    # the only scripts are the page's own: the heatmap component and the line that mounts it
+    assert text.count("<script>") == 2 and "<script>IRMHeatmap.mountAll();</script>" in text
 
 
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"

@@ -258,7 +258,11 @@ async def _serve(state: ServerState, body: ChatRequest | CompletionRequest, ids:
     job = _job(state, body, ids)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event] = asyncio.Queue()
-    job.sink = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    def deliver(event: Event) -> None:  # called on the engine's thread
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    job.sink = deliver
     try:
         state.engine.submit(job)
     except QueueFull as exc:
@@ -319,7 +323,7 @@ class _Reply:
         self.include_usage = bool((body.stream_options or {}).get("include_usage"))
         route = job.route
         layers = state.engine.layers.get(route.adapter or "", None)
-        self.irm = {
+        self.irm: dict[str, Any] = {
             "name": route.adapter,
             "strength": route.strength if route.adapter else 0.0,
             "layers": sorted(route.layers) if route.layers is not None else layers,

@@ -228,13 +228,13 @@ class Engine:
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(batch.jobs))
         self._emit(batch, tokens)
-        with self._lock:
-            self._drop_finished()
+        self._drop_finished()
 
     def _forward(self, jobs: Sequence[Job], ids: Tensor, mask: Tensor, positions: Tensor, cache: DynamicCache) -> Tensor:
         self.router.route([j.route for j in jobs])
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float()
+        logits: Tensor = out.logits[:, -1].float()
+        return logits
 
     # ------------------------------------------------------------------ tokens out
     def _sample(self, logits: Tensor, jobs: Sequence[Job]) -> list[int]:
@@ -367,12 +367,22 @@ def _pad_left(tensor: Tensor, width: int, dim: int) -> Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
+def _kv(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:
+    """Each layer of the cache with its keys and values (all plain :class:`DynamicLayer`s,
+    as :meth:`Engine._check_cache` made sure)."""
+    found = []
+    for layer in cache.layers:
+        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
+        found.append((layer, layer.keys, layer.values))
+    return found
+
+
 def _merge(a: _Batch, b: _Batch) -> _Batch:
     """One batch of ``a``'s rows then ``b``'s, left-padded to a common cache length."""
     width = max(a.mask.shape[1], b.mask.shape[1])
-    for la, lb in zip(a.cache.layers, b.cache.layers):
-        la.keys = torch.cat([_pad_left(la.keys, width, -2), _pad_left(lb.keys, width, -2)])
-        la.values = torch.cat([_pad_left(la.values, width, -2), _pad_left(lb.values, width, -2)])
+    for (layer, ka, va), (_, kb, vb) in zip(_kv(a.cache), _kv(b.cache)):
+        layer.keys = torch.cat([_pad_left(ka, width, -2), _pad_left(kb, width, -2)])
+        layer.values = torch.cat([_pad_left(va, width, -2), _pad_left(vb, width, -2)])
     mask = torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)])
     return _Batch(a.jobs + b.jobs, a.cache, mask, torch.cat([a.next_ids, b.next_ids]), torch.cat([a.positions, b.positions]))
 
@@ -382,7 +392,7 @@ def _select(batch: _Batch, keep: list[int]) -> _Batch:
     index = torch.tensor(keep, device=batch.mask.device)
     mask = batch.mask.index_select(0, index)
     start = int((mask.sum(0) == 0).int().cumprod(0).sum())
-    for layer in batch.cache.layers:
-        layer.keys = layer.keys.index_select(0, index)[..., start:, :]
-        layer.values = layer.values.index_select(0, index)[..., start:, :]
+    for layer, keys, values in _kv(batch.cache):
+        layer.keys = keys.index_select(0, index)[..., start:, :]
+        layer.values = values.index_select(0, index)[..., start:, :]
     return _Batch([batch.jobs[i] for i in keep], batch.cache, mask[:, start:], batch.next_ids[index], batch.positions[index])
