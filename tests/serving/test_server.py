@@ -186,6 +186,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, cli
         (json.dumps({**ok, "messages": []}), 422, "invalid_value"),
         (json.dumps({**ok, "n": 2}), 422, "invalid_value"),
         (json.dumps({**ok, "messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]}), 400, None),
+        (json.dumps({**ok, "logprobs": True}), 400, "unsupported_parameter"),
+        (json.dumps({**ok, "logprobs": False, "stop": ["a", "b", "c", "d", "e"]}), 400, None),
     ]
     for body, status, code in cases:
         reply = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
@@ -314,7 +316,7 @@ def test_api_key_full_queue_and_sigterm_drain(adapters, tmp_path):
         def busy():
             barrier.wait()
             try:
-                outcomes.append(api.completions.create(model=HOST, prompt="Hi", max_tokens=150, temperature=0).choices[0].finish_reason)
+                outcomes.append(api.completions.create(model=HOST, prompt="Hi", max_tokens=60, temperature=0).choices[0].finish_reason)
             except openai.RateLimitError as exc:
                 outcomes.append(exc.body["code"] if isinstance(exc.body, dict) else exc.body)
 

@@ -229,6 +229,7 @@ def _route(state: ServerState, body: ChatRequest | CompletionRequest) -> Route:
 
 
 def _job(state: ServerState, body: ChatRequest | CompletionRequest, ids: list[int]) -> Job:
+    body.check_supported()
     route = _route(state, body)
     context = state.engine.host.context_length or 2**31
     room = context - len(ids)

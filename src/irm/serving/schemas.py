@@ -36,6 +36,19 @@ def error_body(message: str, *, kind: str = "invalid_request_error", code: str |
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+UNSUPPORTED: dict[str, tuple[object, ...]] = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "echo": (False,),
+    "best_of": (1,),
+    "tools": ([],),
+    "functions": ([],),
+    "response_format": ({"type": "text"},),
+    "suffix": ("",),
+}
+"""OpenAI parameters this server does not implement, with the values that ask for nothing."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -52,6 +65,14 @@ class _Request(BaseModel):
     irm_strength: float = Field(1.0, allow_inf_nan=False)
     irm_layers: str | list[int] | None = None
     irm_record: bool | Literal["map"] = False
+
+    def check_supported(self) -> None:
+        """Refuse what OpenAI's API offers and this server does not do, rather than ignore it."""
+        extra = self.model_extra or {}
+        for name, harmless in UNSUPPORTED.items():
+            value = extra.get(name)
+            if value is not None and not any(type(value) is type(h) and value == h for h in harmless):
+                raise ApiError(400, f"{name} is not supported by irm serve", param=name, code="unsupported_parameter")
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
