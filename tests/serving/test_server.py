@@ -329,7 +329,7 @@ def test_api_key_full_queue_and_sigterm_drain(adapters, tmp_path):
 
         # SIGTERM while a stream is running: the stream ends normally, then the process exits 0
         stream = api.chat.completions.create(
-            model=HOST, messages=[{"role": "user", "content": "Hi"}], max_tokens=120, temperature=0, stream=True
+            model=HOST, messages=[{"role": "user", "content": "Hi"}], max_tokens=60, temperature=0, stream=True
         )
         first = next(iter(stream))
         assert first.choices[0].delta.role == "assistant"
