@@ -119,6 +119,14 @@ def test_streaming_chunks_equal_the_whole_answer(client):
     streamed = client.completions.create(model=HOST, prompt="Question: Hi\nAnswer:", max_tokens=N, temperature=0, stream=True)
     whole = client.completions.create(model=HOST, prompt="Question: Hi\nAnswer:", max_tokens=N, temperature=0)
     assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+    # a stop string ends the answer where it begins, streamed or not
+    answer = whole.choices[0].text
+    stop = answer[4:6]
+    cut = answer[: answer.find(stop)]
+    stopped = client.completions.create(model=HOST, prompt="Question: Hi\nAnswer:", max_tokens=N, temperature=0, stop=[stop, "\x00"])
+    assert stopped.choices[0].text == cut and stopped.choices[0].finish_reason == "stop"
+    chunks = client.completions.create(model=HOST, prompt="Question: Hi\nAnswer:", max_tokens=N, temperature=0, stop=stop, stream=True)
+    assert "".join(c.choices[0].text for c in chunks) == cut
     # irm_record on a plain answer: per-token norm and top indices
     plain = chat(client, PROMPTS[1], irm="a", irm_record=True).model_extra["irm"]
     assert len(plain["record"]) >= 1 and len(plain["record"][0]["top"]) == 8 and "map" not in plain["record"][0]
