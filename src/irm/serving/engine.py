@@ -15,10 +15,10 @@ rows only) or none. A request's greedy tokens are therefore the tokens it gets a
 to near-ties flipped by the padding of a batch (as in ``irm generate``'s own batches).
 
 Why not transformers' continuous batching: it packs every request's tokens into a single
-row of one flat sequence, and which token belongs to which request lives only in the
-private state of its background thread (double-buffered in its asynchronous mode), with
-no per-step callback; per-request routing would have to read that private state from a
-hook. A small scheduler on the unmodified ``model.forward`` and ``DynamicCache`` keeps the
+row of one flat sequence; the forward pass is told where each sequence starts
+(``cu_seq_lens_q``) but not whose it is, which lives only in the private state of its
+background thread (double-buffered in its asynchronous mode), with no per-step callback;
+per-request routing would have to read that private state from a hook. A small scheduler on the unmodified ``model.forward`` and ``DynamicCache`` keeps the
 routing on public interfaces.
 """
 
