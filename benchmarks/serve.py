@@ -139,7 +139,7 @@ def bench_server(name: str, cmd: list[str], model: str, args: argparse.Namespace
     port = free_port()
     cmd = [c.replace("{port}", str(port)) for c in cmd]
     print(f"== {name}: {' '.join(cmd)}", flush=True)
-    log = open(Path(args.out) / f"serve_{name.split()[0]}_{port}.log", "w")
+    log = open(Path(tempfile.gettempdir()) / f"irm-serve-bench-{name.split()[0]}-{port}.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
