@@ -216,7 +216,10 @@ def main() -> None:
         "meta": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": platform.platform(),
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+            "commit": os.environ.get("IRM_BENCH_COMMIT")
+            or subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip(),
             "cpus": os.cpu_count(),
             "omp_threads": env["OMP_NUM_THREADS"],
             "max_tokens": args.max_tokens,
