@@ -272,11 +272,15 @@ async def _serve(state: ServerState, body: ChatRequest | CompletionRequest, ids:
     if body.stream:
         return StreamingResponse(_stream(state, job, queue, reply), media_type="text/event-stream")
     events: list[Event] = []
+    checked = time.monotonic()
     try:
         while not events or events[-1].finish_reason is None:
             try:
                 events.append(await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S))
             except TimeoutError:
+                pass
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:  # tokens may arrive faster than that
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     state.engine.cancel(job)
                     return Response(status_code=499)
