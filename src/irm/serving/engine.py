@@ -260,7 +260,7 @@ class Engine:
             if token in self.eos:
                 job.finish_reason = "stop"
                 assert job.stream is not None
-                job.sink(Event(text=job.stream.finish(), finish_reason="stop"))
+                _deliver(job, Event(text=job.stream.finish(), finish_reason="stop"))
                 continue
             event = self._token_event(job, token, recorded.get(row))
             if job.stream is not None and job.stream.stopped:
@@ -271,7 +271,7 @@ class Engine:
                 assert job.stream is not None
                 event.text += job.stream.finish()
                 event.finish_reason = job.finish_reason
-            job.sink(event)
+            _deliver(job, event)
 
     def _token_event(self, job: Job, token: int, output: Tensor | None) -> Event:
         assert job.stream is not None
@@ -298,7 +298,7 @@ class Engine:
         for job in jobs:
             if job.finish_reason is None and not job.cancelled:
                 job.finish_reason = "error"
-                job.sink(Event(finish_reason="error", error=str(exc)))
+                _deliver(job, Event(finish_reason="error", error=str(exc)))
 
     def _observe_queue(self) -> None:
         if self.metrics is not None:
@@ -315,6 +315,15 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+def _deliver(job: Job, event: Event) -> None:
+    """Hand ``event`` to the job's consumer; a consumer that is gone (its event loop closed)
+    cancels the job instead of failing the batch."""
+    try:
+        job.sink(event)
+    except RuntimeError:
+        job.cancelled = True
+
+
 def _eos_ids(host: Host) -> set[int]:
     found: set[int] = set()
     for value in (getattr(host.model.generation_config, "eos_token_id", None), host.require_tokenizer().eos_token_id):
