@@ -15,7 +15,6 @@ import asyncio
 import json
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,8 +32,10 @@ from irm.core.layers import parse_layers
 from irm.core.routing import Route
 from irm.data.prompts import conversation_ids, text_ids
 from irm.errors import IRMError
-from irm.serving.engine import Engine, Event, Job, QueueFull, Sampling
+from irm.serving.engine import Engine, QueueFull
+from irm.serving.jobs import Event, Job, Sampling
 from irm.serving.metrics import ServerMetrics
+from irm.serving.replies import Reply, sse
 from irm.serving.schemas import ApiError, ChatRequest, CompletionRequest, error_body
 
 ENDPOINTS = (
@@ -268,7 +269,7 @@ async def _serve(state: ServerState, body: ChatRequest | CompletionRequest, ids:
         state.engine.submit(job)
     except QueueFull as exc:
         raise ApiError(429, exc.message, code="queue_full") from None
-    reply = _Reply(state, body, job, chat=chat)
+    reply = Reply(state.engine.layers, body, job, chat=chat)
     if body.stream:
         return StreamingResponse(_stream(state, job, queue, reply), media_type="text/event-stream")
     events: list[Event] = []
@@ -292,80 +293,21 @@ async def _serve(state: ServerState, body: ChatRequest | CompletionRequest, ids:
     return JSONResponse(reply.whole(events))
 
 
-async def _stream(state: ServerState, job: Job, queue: asyncio.Queue[Event], reply: _Reply) -> AsyncIterator[str]:
+async def _stream(state: ServerState, job: Job, queue: asyncio.Queue[Event], reply: Reply) -> AsyncIterator[str]:
     try:
-        yield _sse(reply.first_chunk())
+        yield sse(reply.first_chunk())
         while True:
             event = await queue.get()
             if event.error is not None:
-                yield _sse(error_body(f"generation failed: {event.error}", kind="server_error"))
+                yield sse(error_body(f"generation failed: {event.error}", kind="server_error"))
                 break
             if event.text or event.record is not None or event.finish_reason is not None:
-                yield _sse(reply.chunk(event))
+                yield sse(reply.chunk(event))
             if event.finish_reason is not None:
                 if reply.include_usage:
-                    yield _sse(reply.usage_chunk())
+                    yield sse(reply.usage_chunk())
                 break
         yield "data: [DONE]\n\n"
     finally:
         if job.finish_reason is None:  # the client went away: free the slot now
             state.engine.cancel(job)
-
-
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-class _Reply:
-    """OpenAI's response and chunk objects for one request."""
-
-    def __init__(self, state: ServerState, body: ChatRequest | CompletionRequest, job: Job, *, chat: bool) -> None:
-        self.job = job
-        self.chat = chat
-        self.model = body.model
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-        self.include_usage = bool((body.stream_options or {}).get("include_usage"))
-        route = job.route
-        layers = state.engine.layers.get(route.adapter or "", None)
-        self.irm: dict[str, Any] = {
-            "name": route.adapter,
-            "strength": route.strength if route.adapter else 0.0,
-            "layers": sorted(route.layers) if route.layers is not None else layers,
-        }
-
-    def _base(self, chunk: bool) -> dict[str, Any]:
-        kind = ("chat.completion" if self.chat else "text_completion") + (".chunk" if chunk and self.chat else "")
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-
-    def _choice(self, text: str, finish: str | None, *, delta: bool, role: bool = False) -> dict[str, Any]:
-        if not self.chat:
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        content: dict[str, Any] = {"role": "assistant"} if role or not delta else {}
-        if text or not delta:
-            content["content"] = text
-        return {"index": 0, ("delta" if delta else "message"): content, "logprobs": None, "finish_reason": finish}
-
-    def usage(self) -> dict[str, int]:
-        prompt, completion = len(self.job.prompt_ids), len(self.job.generated)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def first_chunk(self) -> dict[str, Any]:
-        return {**self._base(True), "choices": [self._choice("", None, delta=True, role=True)], "irm": self.irm}
-
-    def chunk(self, event: Event) -> dict[str, Any]:
-        data = {**self._base(True), "choices": [self._choice(event.text, event.finish_reason, delta=True)]}
-        if event.record is not None:
-            data["irm_record"] = [event.record]
-        return data
-
-    def usage_chunk(self) -> dict[str, Any]:
-        return {**self._base(True), "choices": [], "usage": self.usage()}
-
-    def whole(self, events: list[Event]) -> dict[str, Any]:
-        text = self.job.stream.text if self.job.stream is not None else ""
-        irm = dict(self.irm)
-        if self.job.record != "off":
-            irm["record"] = [e.record for e in events if e.record is not None]
-        choice = self._choice(text, events[-1].finish_reason, delta=False)
-        return {**self._base(False), "choices": [choice], "usage": self.usage(), "irm": irm}

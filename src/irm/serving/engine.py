@@ -27,8 +27,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,71 +35,18 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from irm.core.routing import Adapter, Route, RowRouter
+from irm.core.routing import Adapter, RowRouter
 from irm.errors import HostError, IRMError
 from irm.hosts.loading import Host
+from irm.serving.batch import Batch, merge, select
+from irm.serving.jobs import Event, Job, Sampling
 from irm.serving.text import TextStream
+
+RECORD_TOP = 8
 
 
 class QueueFull(IRMError):
     """The waiting queue is full (the server answers 429)."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """OpenAI's sampling settings: ``temperature == 0`` is greedy decoding."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Event:
-    """What a request's consumer receives: new text, and at the end a finish reason."""
-
-    text: str = ""
-    token_id: int | None = None
-    record: dict[str, Any] | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-
-
-Sink = Callable[[Event], None]
-RECORD_TOP = 8
-
-
-@dataclass
-class Job:
-    """One request inside the engine."""
-
-    prompt_ids: list[int]
-    route: Route
-    sampling: Sampling
-    sink: Sink
-    record: str = "off"
-    """``off``, ``top`` (norm and top indices per token) or ``map`` (also the whole map)."""
-    cancelled: bool = False
-    generated: list[int] = field(default_factory=list)
-    submitted: float = field(default_factory=time.perf_counter)
-    first_token: float | None = None
-    stream: TextStream | None = None
-    generator: torch.Generator | None = None
-    finish_reason: str | None = None
-
-
-@dataclass
-class _Batch:
-    """The running rows: their jobs, the shared cache, the attention mask over it, the
-    token each row feeds next and that token's position."""
-
-    jobs: list[Job]
-    cache: DynamicCache
-    mask: Tensor
-    next_ids: Tensor
-    positions: Tensor
 
 
 class Engine:
@@ -117,7 +63,7 @@ class Engine:
         self._check_cache()
         self._waiting: deque[Job] = deque()
         self._lock = threading.Condition()
-        self._batch: _Batch | None = None
+        self._batch: Batch | None = None
         self._running = False
         self._thread: threading.Thread | None = None
 
@@ -212,9 +158,9 @@ class Engine:
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(jobs, ids, mask, positions, cache)
         tokens = self._sample(logits, jobs)
-        fresh = _Batch(jobs, cache, mask, torch.tensor(tokens, device=device), mask.sum(-1))
+        fresh = Batch(jobs, cache, mask, torch.tensor(tokens, device=device), mask.sum(-1))
         self._emit(fresh, tokens)
-        self._batch = fresh if self._batch is None else _merge(self._batch, fresh)
+        self._batch = fresh if self._batch is None else merge(self._batch, fresh)
         self._drop_finished()
 
     def _decode(self) -> None:
@@ -244,7 +190,7 @@ class Engine:
                 tokens[row] = sample_token(logits[row], job.sampling, job.generator)
         return [int(t) for t in tokens]
 
-    def _emit(self, batch: _Batch, tokens: list[int]) -> None:
+    def _emit(self, batch: Batch, tokens: list[int]) -> None:
         recorded = self.router.recorded()
         now = time.perf_counter()
         for row, (job, token) in enumerate(zip(batch.jobs, tokens)):
@@ -290,7 +236,7 @@ class Engine:
                 self.metrics.latency.observe(time.perf_counter() - job.submitted)
         if len(keep) == len(batch.jobs):
             return
-        self._batch = _select(batch, keep) if keep else None
+        self._batch = select(batch, keep) if keep else None
         if self.metrics is not None:
             self.metrics.active.set(self.active)
 
@@ -365,43 +311,3 @@ def record_entry(tokenizer: Any, token: int, output: Tensor, *, with_map: bool) 
         layer_major = values.T.contiguous().cpu().numpy().astype("<f4")
         entry["map"] = base64.b64encode(layer_major.tobytes()).decode("ascii")
     return entry
-
-
-def _pad_left(tensor: Tensor, width: int, dim: int) -> Tensor:
-    missing = width - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _kv(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]:
-    """Each layer of the cache with its keys and values (all plain :class:`DynamicLayer`s,
-    as :meth:`Engine._check_cache` made sure)."""
-    found = []
-    for layer in cache.layers:
-        assert isinstance(layer, DynamicLayer) and layer.keys is not None and layer.values is not None
-        found.append((layer, layer.keys, layer.values))
-    return found
-
-
-def _merge(a: _Batch, b: _Batch) -> _Batch:
-    """One batch of ``a``'s rows then ``b``'s, left-padded to a common cache length."""
-    width = max(a.mask.shape[1], b.mask.shape[1])
-    for (layer, ka, va), (_, kb, vb) in zip(_kv(a.cache), _kv(b.cache)):
-        layer.keys = torch.cat([_pad_left(ka, width, -2), _pad_left(kb, width, -2)])
-        layer.values = torch.cat([_pad_left(va, width, -2), _pad_left(vb, width, -2)])
-    mask = torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)])
-    return _Batch(a.jobs + b.jobs, a.cache, mask, torch.cat([a.next_ids, b.next_ids]), torch.cat([a.positions, b.positions]))
-
-
-def _select(batch: _Batch, keep: list[int]) -> _Batch:
-    """The ``keep`` rows, with the cache columns that only padding still used cut off."""
-    index = torch.tensor(keep, device=batch.mask.device)
-    mask = batch.mask.index_select(0, index)
-    start = int((mask.sum(0) == 0).int().cumprod(0).sum())
-    for layer, keys, values in _kv(batch.cache):
-        layer.keys = keys.index_select(0, index)[..., start:, :]
-        layer.values = values.index_select(0, index)[..., start:, :]
-    return _Batch([batch.jobs[i] for i in keep], batch.cache, mask[:, start:], batch.next_ids[index], batch.positions[index])
