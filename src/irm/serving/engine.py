@@ -5,8 +5,8 @@ One background thread owns the host. Each turn of its loop it
 1. drops the rows whose client went away or that finished;
 2. admits waiting requests while the batch has room: their prompts are prefilled together
    in one left-padded forward pass with a fresh KV cache, which is then merged into the
-   running batch's cache (left-padded to a common length; the attention mask hides the
-   padding, and position ids count each row's real tokens, as ``model.generate`` does);
+   running batch's cache (:mod:`irm.serving.batch`; the attention mask hides the padding,
+   and position ids count each row's real tokens, as ``model.generate`` does);
 3. decodes every active row by one token in one batched forward pass.
 
 Before every forward pass, :class:`irm.core.routing.RowRouter` is told each row's IRM,
@@ -18,8 +18,9 @@ Why not transformers' continuous batching: it packs every request's tokens into 
 row of one flat sequence; the forward pass is told where each sequence starts
 (``cu_seq_lens_q``) but not whose it is, which lives only in the private state of its
 background thread (double-buffered in its asynchronous mode), with no per-step callback;
-per-request routing would have to read that private state from a hook. A small scheduler on the unmodified ``model.forward`` and ``DynamicCache`` keeps the
-routing on public interfaces.
+per-request routing would have to read that private state from a hook. A small scheduler
+on the unmodified ``model.forward`` and ``DynamicCache`` keeps the routing on public
+interfaces.
 """
 
 from __future__ import annotations
