@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -209,9 +210,13 @@ def main() -> None:
         ),
     }
     results = []
-    for key, (name, cmd, model, extra) in servers.items():
-        if args.only is None or key in args.only:
-            results.append({"key": key, **bench_server(name, cmd, model, args, extra, env)})
+    try:
+        for key, (name, cmd, model, extra) in servers.items():
+            if args.only is None or key in args.only:
+                results.append({"key": key, **bench_server(name, cmd, model, args, extra, env)})
+        ratio = flops_ratio(irm_dirs, context=64)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the two IRMs: about 250 MB
     report = {
         "meta": {
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -224,7 +229,7 @@ def main() -> None:
             "omp_threads": env["OMP_NUM_THREADS"],
             "max_tokens": args.max_tokens,
             "requests_per_client": args.requests,
-            "irm_over_host_flops": flops_ratio(irm_dirs, context=64),
+            "irm_over_host_flops": ratio,
         },
         "servers": results,
     }
