@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.irm-installed
 
-.PHONY: setup demo test test-fast lint bench clean browser
+.PHONY: setup demo test test-fast lint bench bench-serve clean browser
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# irm serve against transformers serve, 1/4/8 clients (about 10 minutes on 2 cores).
+bench-serve: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/serve.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

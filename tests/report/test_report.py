@@ -7,21 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_main, write_qa
+from conftest import CHROMIUM_ARGS, run_main, write_qa
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,14 @@ def short_run(tmp_path_factory):
     ax.imshow([[0, 1], [1, 0]])
     fig.savefig(run / "analysis" / "heatmap_mean.png")
     plt.close(fig)
-    (run / "analysis" / "summary.json").write_text(json.dumps({"striation": 0.9, "top_indices": [{"index": 3, "share": 0.2}]}))
+    (run / "analysis" / "summary.json").write_text(
+        json.dumps({"striation": 0.9, "top_indices": [{"index": 3, "share": 0.2}], "layers": [1, 2, 3]})
+    )
+    import numpy as np
+
+    mean_map = np.abs(np.random.default_rng(0).normal(size=(3, 64))).astype(np.float32)
+    mean_map[:, 17] = 5.0  # a stripe at index 17
+    np.save(run / "analysis" / "mean_abs_map.npy", mean_map)
     return run
 
 
@@ -76,6 +72,7 @@ def test_report_in_headless_chromium(short_run, tmp_path):
         page.goto(page_path.resolve().as_uri())
         page.wait_for_load_state("load")
         images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        heatmap = _check_interactive_heatmap(page)
         headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
@@ -86,6 +83,28 @@ def test_report_in_headless_chromium(short_run, tmp_path):
         assert any(section in h for h in headings), headings
     assert shot.stat().st_size > 10_000
     shutil.copy(shot, Path(short_run) / "report.png")
+    assert heatmap["top"].split(",")[0] == "17"
+    assert heatmap["hover"].startswith("layer ") and "index 17" in heatmap["hover"]
+    assert heatmap["zoomed"] and "showing" in heatmap["zoomed"]
+
+
+def _check_interactive_heatmap(page):
+    """The report's interactive heatmap: drawn, hover shows layer/index/value, the wheel zooms."""
+    box = page.locator("div.irm-heatmap canvas").first.bounding_box()
+    page.locator("div.irm-heatmap canvas").first.scroll_into_view_if_needed()
+    box = page.locator("div.irm-heatmap canvas").first.bounding_box()
+    left, width = 44, box["width"] - 44 - 70  # the component's plot margins
+    page.mouse.move(box["x"] + left + (17.5 / 64) * width, box["y"] + box["height"] / 2)
+    found = page.evaluate(
+        """() => { const el = document.querySelector('div.irm-heatmap'); const c = el.querySelector('canvas');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let coloured = 0; for (let i = 0; i < px.length; i += 4) if (px[i + 3] && (px[i] + px[i + 1] + px[i + 2]) < 600) coloured++;
+        return {top: el.dataset.top, hover: el.dataset.hover || '', coloured}; }"""
+    )
+    assert found["coloured"] > 1000, found
+    page.mouse.wheel(0, -400)
+    found["zoomed"] = page.evaluate("document.querySelector('div.irm-heatmap .irm-heatmap-caption').textContent")
+    return found
 
 
 def _cells(html_text):
@@ -199,7 +218,9 @@ def test_report_escapes_what_it_shows(short_run, tmp_path):
     shutil.copytree(short_run, run)
     (run / "generations.json").write_text(json.dumps([{"prompt": "<script>alert(1)</script>", "IRM off": "a & b"}]))
     text = build_report(run).read_text()
-    assert "<script>" not in text and "&lt;script&gt;" in text and "a &amp; b" in text
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)" in text and "a &amp; b" in text
+    # the only scripts are the page's own: the heatmap component and the line that mounts it
+    assert text.count("<script>") == 2 and "<script>IRMHeatmap.mountAll();</script>" in text
 
 
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"

@@ -21,6 +21,7 @@ from irm.cli import (
     hosts,
     reference,
     report,
+    serve,
     steer,
     study,
     sweep,
@@ -44,6 +45,7 @@ app.command()(train.train)
 app.command()(sweep.sweep)
 app.command()(study.study)
 app.command()(report.report)
+app.command()(serve.serve)
 app.command()(evaluate.evaluate)
 app.command()(data.score)
 app.command("import-reference")(reference.import_reference)

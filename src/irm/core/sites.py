@@ -110,10 +110,26 @@ def resolve_architecture(model: nn.Module) -> ArchitectureSpec:
     )
 
 
-SiteFunction = Callable[[Tensor | None], Tensor | None]
+@dataclass(frozen=True)
+class RowDelta:
+    """An addition to some rows of the batch only: ``values[i]`` is added to batch row
+    ``rows[i]``, and every other row is left exactly as it was (per-request routing in
+    :mod:`irm.core.routing`)."""
+
+    rows: Tensor
+    values: Tensor
+
+
+SiteFunction = Callable[[Tensor | None], Tensor | RowDelta | None]
 """Called once per forward pass of a layer with the residual stream at the site (``None``
 when the hook does not read it); what it returns (if not ``None``) is added there, cast to
-the residual stream's dtype."""
+the residual stream's dtype: a tensor to every row, a :class:`RowDelta` to its rows."""
+
+
+def _added(target: Tensor, delta: Tensor | RowDelta) -> Tensor:
+    if isinstance(delta, RowDelta):
+        return target.index_add(0, delta.rows, delta.values.to(target.dtype))
+    return target + delta.to(target.dtype)
 
 
 def _first(output: Any) -> Tensor:
@@ -183,7 +199,7 @@ class SiteHook:
         delta = self.fn(hidden)
         if delta is None:
             return None
-        hidden = hidden + delta.to(hidden.dtype)
+        hidden = _added(hidden, delta)
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
@@ -193,7 +209,7 @@ class SiteHook:
         delta = self.fn(hidden)
         if delta is None:
             return None
-        return _replace_first(output, hidden + delta.to(hidden.dtype))
+        return _replace_first(output, _added(hidden, delta))
 
     def _capture(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._layer_input = _layer_input(args, kwargs)
@@ -211,9 +227,9 @@ class SiteHook:
         return self._add_to_branch(output, branch, self.fn(None))
 
     @staticmethod
-    def _add_to_branch(output: Any, branch: Tensor, delta: Tensor | None) -> Any:
+    def _add_to_branch(output: Any, branch: Tensor, delta: Tensor | RowDelta | None) -> Any:
         # x + (branch + v) is what the MLP and the rest of the stack see
-        return None if delta is None else _replace_first(output, branch + delta.to(branch.dtype))
+        return None if delta is None else _replace_first(output, _added(branch, delta))
 
 
 @contextmanager

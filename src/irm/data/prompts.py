@@ -66,3 +66,25 @@ def answer_ids(tokenizer: Any, question: str, answer: str, *, chat: bool = True)
 def eos_ids(tokenizer: Any) -> list[int]:
     """The ids that end a plain answer or a text row: the tokenizer's EOS, when it has one."""
     return [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
+
+
+def conversation_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The ids of a conversation (OpenAI-style ``{"role", "content"}`` messages) ready for the
+    assistant's turn. With a chat template, the template renders it; a single user message
+    then gives exactly :func:`prompt_ids` of its text. Without one, only a single user
+    message has a format: :data:`PLAIN_TEMPLATE`."""
+    if uses_chat_template(tokenizer):
+        text = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(messages) != 1 or messages[0]["role"] != "user":
+        raise DataError(
+            "this host has no chat template, so only a single user message can be formatted",
+            hint="send one user message, or use the completions endpoint with your own text",
+        )
+    return prompt_ids(tokenizer, messages[0]["content"], chat=False)
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """The ids of raw text given as a prompt: the tokenizer's BOS (when it has one), then the
+    text (the plain prompt of :func:`prompt_ids` is ``text_ids`` of its formatted text)."""
+    return bos_ids(tokenizer, chat=False) + list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import yaml
 
 from irm.errors import IRMError
@@ -130,8 +131,9 @@ def cell(value: Any) -> Cell:
 @dataclass
 class Block:
     """One thing in a section, drawn by ``templates/blocks.html.j2``: ``kind`` is ``table``
-    (``columns`` + ``rows`` of cells), ``image`` (``src``), ``pre``/``note`` (``text``) or
-    ``raw`` (collapsed JSON)."""
+    (``columns`` + ``rows`` of cells), ``image`` (``src``), ``pre``/``note`` (``text``),
+    ``raw`` (collapsed JSON) or ``heatmap`` (an interactive map: ``text`` is its base64
+    float32 values, layer-major, ``name`` its layers as JSON, ``caption`` its title)."""
 
     kind: str
     caption: str = ""
@@ -400,8 +402,33 @@ def folder_section(directory: Path, title: str) -> Section | None:
         else:
             section.blocks.extend(readable(data, path.stem))
         section.blocks.append(raw_block(data, path.name))
+    section.blocks.extend(heatmap_blocks(directory))
     section.blocks.extend(_images(directory))
     return section
+
+
+def heatmap_blocks(directory: Path) -> list[Block]:
+    """An interactive heatmap (hover, zoom) of each mean ``|IRM output|`` map that ``irm
+    analyze`` saved in ``directory`` or its subfolders (``mean_abs_map.npy``, with the
+    layers from the ``summary.json`` beside it); the PNGs stay for papers."""
+    import numpy as np
+
+    blocks = []
+    for path in sorted(directory.glob("mean_abs_map.npy")) + sorted(directory.glob("*/mean_abs_map.npy")):
+        try:
+            values = np.load(path, allow_pickle=False).astype("<f4")
+        except (OSError, ValueError):
+            continue
+        if values.ndim != 2 or values.size == 0:
+            continue
+        summary = _read_json(path.parent / "summary.json")
+        layers = summary.get("layers") if isinstance(summary, Mapping) else None
+        if not isinstance(layers, list) or len(layers) != values.shape[0]:
+            layers = list(range(values.shape[0]))
+        where = path.parent.relative_to(directory).as_posix()
+        title = "mean |IRM output|" + ("" if where == "." else f" ({where})")
+        blocks.append(Block("heatmap", caption=title, name=json.dumps(layers), text=base64.b64encode(values.tobytes()).decode("ascii")))
+    return blocks
 
 
 def training_curves(run: Path, workdir: Path) -> Block:
@@ -461,7 +488,18 @@ def environment() -> jinja2.Environment:
 
 
 def render_page(title: str, sections: Iterable[Section | None]) -> str:
-    return environment().get_template("page.html.j2").render(title=title, sections=[s for s in sections if s is not None]) + "\n"
+    shown = [s for s in sections if s is not None]
+    interactive = any(b.kind == "heatmap" for s in shown for b in s.blocks)
+    assets = {name: markupsafe.Markup(heatmap_asset(name)) for name in ("heatmap.js", "heatmap.css")} if interactive else {}
+    return environment().get_template("page.html.j2").render(title=title, sections=shown, assets=assets) + "\n"
+
+
+def heatmap_asset(name: str) -> str:
+    """The interactive heatmap component (``heatmap.js`` / ``heatmap.css``, package data),
+    shared with the ``irm serve`` playground."""
+    from importlib import resources
+
+    return resources.files("irm.report").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def run_sections(run: Path) -> list[Section | None]:

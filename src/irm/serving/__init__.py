@@ -1,0 +1,1 @@
+"""``irm serve``: an OpenAI-compatible server with per-request IRM routing."""
