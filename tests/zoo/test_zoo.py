@@ -164,10 +164,12 @@ def test_zoo_host_names_say_how_to_build_them(tmp_path, monkeypatch):
 @pytest.mark.parametrize("key", [v.key for v in VARIANTS])
 def test_generation_with_the_kv_cache_equals_without_with_an_irm_attached(key):
     """Left-padded batch, greedy: the same tokens and scores (to float rounding) with and
-    without the KV cache, and the attached IRM changes them."""
+    without the KV cache, the same tokens as one prompt at a time, and the attached IRM
+    changes them."""
     model = micro_model(key)
     host = irm.Host(model=model, tokenizer=byte_tokenizer(), name="zoo-micro", spec=resolve_architecture(model))
-    enc = encode_prompts(host, ["What is your name?", "Hi"])
+    prompts = ["What is your name?", "Hi"]
+    enc = encode_prompts(host, prompts)
     assert not bool(enc["attention_mask"].all())
 
     def greedy(**kwargs):
@@ -180,9 +182,12 @@ def test_generation_with_the_kv_cache_equals_without_with_an_irm_attached(key):
     with irm.attach(host, irm.IRM.for_host(host, "all", output_init="default", seed=0)):
         cached_ids, cached = greedy()
         uncached_ids, uncached = greedy(use_cache=False)
+        alone = [irm.generate(host, [p], max_new_tokens=6)[0].token_ids for p in prompts]
+        batched = [g.token_ids for g in irm.generate(host, prompts, max_new_tokens=6)]
     assert torch.equal(cached_ids, uncached_ids)
     torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-5)
     assert (cached - bare).abs().max() > 1e-3
+    assert alone == batched  # left padding changes nothing (positions follow the attention mask)
 
 
 def run_cli(args, monkeypatch, capsys) -> tuple[int, str]:
