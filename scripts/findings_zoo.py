@@ -33,7 +33,9 @@ def study_cells(study: dict[str, Any] | None) -> list[str]:
     if study is None:
         return ["(irm study pending)", "(irm study pending)"]
     row = study["row"]
-    striation = "; ".join(f"{layers}: {s['mean']:.3f} (noise {s['noise_level']:.3f})" for layers, s in row.get("striation", {}).items()) or "-"
+    striation = (
+        "; ".join(f"{layers}: {s['mean']:.3f} (noise {s['noise_level']:.3f})" for layers, s in row.get("striation", {}).items()) or "-"
+    )
     top = row.get("top_index")
     top_cell = (
         f"{top['index']}: {top['mean_share']:.1%} (even {top['even_share']:.1%}); first in {top['first_in_runs']}/{top['runs']}"

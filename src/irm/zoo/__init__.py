@@ -8,3 +8,5 @@ differing from a base design (RoPE, pre-norm RMSNorm, tied LM head) in exactly o
 - :mod:`irm.zoo.build`: ``irm zoo build`` / ``irm zoo list``;
 - :mod:`irm.zoo.hosts`: zoo host names (``zoo-rope-rmsnorm-tied``) for ``irm.load_host``.
 """
+
+from irm.zoo import modeling as modeling  # registers the model type with transformers' Auto classes
