@@ -51,6 +51,8 @@ def test_each_variant_differs_from_the_base_in_exactly_one_switch():
         "untied": ["tie_word_embeddings"],
     }
     assert len({v.name for v in VARIANTS}) == len(VARIANTS)
+    reseeded = MICRO.with_seed(1)
+    assert reseeded.name == "micro-seed1" and reseeded.corpus == MICRO.corpus and MICRO.with_seed(0) is MICRO
     assert find_variant("postnorm") is find_variant("zoo-rope-postnorm-tied") is find_variant("rope-postnorm-tied")
     with pytest.raises(IRMError, match="unknown zoo variant"):
         find_variant("alibi")

@@ -35,6 +35,14 @@ def build(
         Optional[int],
         typer.Option("--steps", min=1, help="Training steps per model (default: the recipe's; another value is another recipe)."),
     ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed",
+            min=0,
+            help="Training seed: initialisation and batch order, same corpus (default: the recipe's, 0; another value is another recipe).",
+        ),
+    ] = None,
     recipe: Annotated[
         str, typer.Option("--recipe", help="standard (the zoo of the findings, minutes per model on a CPU) or micro (seconds; for tests).")
     ] = "standard",
@@ -51,7 +59,7 @@ def build(
     if recipe not in RECIPES:
         raise IRMError(f"--recipe {recipe!r} is not a zoo recipe", hint="use " + " or ".join(RECIPES))
     names = [n.strip() for item in variants or [] for n in item.split(",") if n.strip()]
-    plan = plan_build(out, names or None, RECIPES[recipe].with_steps(steps), overwrite=overwrite)
+    plan = plan_build(out, names or None, RECIPES[recipe].with_steps(steps).with_seed(seed), overwrite=overwrite)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -103,6 +103,13 @@ class Recipe:
             return self
         return replace(self, name=f"{self.name}-steps{steps}", steps=steps, warmup_steps=min(self.warmup_steps, max(1, steps // 10)))
 
+    def with_seed(self, seed: int | None) -> Recipe:
+        """Another initialisation and batch order on the same corpus and tokenizer (to see
+        how much of a difference between variants is seed noise)."""
+        if seed is None or seed == self.seed:
+            return self
+        return replace(self, name=f"{self.name}-seed{seed}", seed=seed)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
