@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The architecture zoo behind docs/findings.md, "What causes the stripes" (the zoo table).
-# Step 1 takes about half an hour on one thread of this project's CPU (see docs/findings/zoo/
+# Step 1 takes about 20-35 minutes on one thread of this project's CPU (see docs/findings/zoo/
 # for each model's train_seconds); it is resumable and cached under $IRM_CACHE/zoo, so a
 # second run is instant. Step 3 is `irm study` (issue 17) on each zoo host.
 set -euo pipefail
