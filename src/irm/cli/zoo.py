@@ -103,9 +103,9 @@ def build(
     if as_json:
         print(json.dumps({"zoo": str(plan.zoo), "recipe": plan.recipe.name, "models": summary}, indent=2))
         return
+    how = "--host NAME (irm zoo list)" if out == "cache" else f"--host {plan.zoo}/NAME"
     console.print(
-        f"zoo {plan.zoo} (recipe {plan.recipe.name}): {len(summary)} models; load one with --host NAME"
-        + ("" if out == "cache" else " FOLDER")
+        f"zoo {plan.zoo} (recipe {plan.recipe.name}): {len(summary)} models; load one with {how}", highlight=False, soft_wrap=True
     )
 
 
