@@ -60,7 +60,7 @@ def partial_folder(zoo: Path, variant: Variant) -> Path:
     return zoo / f".{variant.name}.partial"
 
 
-def model_status(zoo: Path, variant: Variant, recipe: Recipe) -> str:
+def model_status(zoo: Path, variant: Variant) -> str:
     """``built``, ``partial`` (a checkpoint to resume) or ``missing``."""
     if (zoo / variant.name / MODEL_REPORT).is_file():
         return "built"
@@ -101,7 +101,7 @@ def plan_build(out: str | Path | None, names: Sequence[str] | None, recipe: Reci
             remove_tree(zoo)
     else:
         check_output_dir(zoo, overwrite=overwrite, is_ours=is_zoo_folder, kind="a zoo folder")
-    return BuildPlan(zoo, recipe, variants, {v.name: model_status(zoo, v, recipe) for v in variants})
+    return BuildPlan(zoo, recipe, variants, {v.name: model_status(zoo, v) for v in variants})
 
 
 class BuildProgress:
