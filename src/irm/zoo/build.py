@@ -208,13 +208,13 @@ def list_zoo(out: str | Path | None) -> list[dict[str, Any]]:
     recipe_name = read_manifest(zoo)["recipe"]["name"] if is_zoo_folder(zoo) else None
     rows = []
     for variant in VARIANTS:
+        status = model_status(zoo, variant)
         row: dict[str, Any] = {"name": variant.name, "variant": variant.key, "change": variant.change, "folder": str(zoo / variant.name)}
-        report_path = zoo / variant.name / MODEL_REPORT
-        if report_path.is_file():
-            report = json.loads(report_path.read_text())
+        row.update(status=status, recipe=recipe_name)
+        if status == "built":
+            report = json.loads((zoo / variant.name / MODEL_REPORT).read_text())
             massive = report["massive_activations"]["residual_max_abs"]
             row.update(
-                status="built",
                 recipe=report["recipe"],
                 parameters=report["parameters"],
                 val_perplexity=report["val"]["perplexity"],
@@ -223,9 +223,6 @@ def list_zoo(out: str | Path | None) -> list[dict[str, Any]]:
                 massive_dims=massive["top_k"],
                 massive_ratio=massive["ratio_to_median"],
             )
-        else:
-            partial = partial_folder(zoo, variant) / "checkpoint.pt"
-            row.update(status="partial" if partial.is_file() else "missing", recipe=recipe_name)
         rows.append(row)
     return rows
 
