@@ -13,6 +13,13 @@ HOSTS="zoo-rope-rmsnorm-tied zoo-learned-rmsnorm-tied zoo-nope-rmsnorm-tied zoo-
 #    (Run in two pieces under the team's lock: --variants base,learned,nope and --variants layernorm,postnorm,untied.)
 $IRM zoo build --json > /dev/null
 
+# 1b. Training-seed noise: the base again with seeds 1 and 2 (same corpus, other
+#     initialisation and batch order), each in a zoo folder of its own.
+CACHE=${IRM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/irm}
+for s in 1 2; do
+  $IRM zoo build --variants base --seed $s --out $CACHE/zoo-seed$s --json > /dev/null
+done
+
 # 2. Keep the small results (perplexity with its interval, config, train and validation
 #    curves, massive-activation dims), not the weights.
 mkdir -p $OUT
@@ -22,6 +29,11 @@ cp $ZOO/zoo.json $OUT/recipe.json
 for h in $HOSTS; do
   mkdir -p $OUT/$h
   cp $ZOO/$h/zoo_model.json $ZOO/$h/config.json $OUT/$h/
+done
+for s in 1 2; do
+  mkdir -p $OUT/seeds/seed$s
+  cp $CACHE/zoo-seed$s/zoo-rope-rmsnorm-tied/zoo_model.json $OUT/seeds/seed$s/
+  cp $CACHE/zoo-seed$s/zoo.json $OUT/seeds/seed$s/recipe.json
 done
 $IRM zoo list --json > $OUT/zoo_list.json
 $PY scripts/findings_zoo.py $OUT --plot $OUT/curves.png > $OUT/table.md
