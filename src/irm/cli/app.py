@@ -26,6 +26,7 @@ from irm.cli import (
     study,
     sweep,
     train,
+    zoo,
 )
 from irm.cli.options import err_console
 from irm.errors import IRMError
@@ -54,6 +55,7 @@ app.command()(analysis.analyze)
 app.command()(analysis.ablate)
 app.add_typer(data.data_app, name="data")
 app.add_typer(steer.steer_app, name="steer")
+app.add_typer(zoo.zoo_app, name="zoo")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from irm.core.config import IRMConfig
 
-GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo2"}
+GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo2", "irm_zoo"}
 
 
 def _get(config: Any, *names: str, default: Any = None) -> Any:

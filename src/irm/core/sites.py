@@ -18,6 +18,11 @@ The three injection sites, for a pre-norm decoder layer ``x -> x + attn(...) -> 
 For GPT-NeoX with ``use_parallel_residual`` (Pythia's default) the MLP reads the layer
 input, not ``x + attn``: there, ``resid_mid`` adds the vector next to the attention branch
 and the MLP of that same layer does not see it.
+
+A post-norm layer (``x -> norm(x + attn(x)) -> norm(. + mlp(.))``, irm's own zoo family) has
+no ``x + branch`` the MLP reads: its ``resid_mid`` is the normalised sum ``norm(x + attn(x))``,
+the stream the MLP reads and adds to. A spec with ``resid_mid_module`` names a submodule
+whose output is ``resid_mid`` itself; the hook reads that output and adds to it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class ArchitectureSpec:
     attention_branch: str
     """Submodule of a decoder layer whose output is exactly what is added to the residual
     stream after attention (after any post-attention norm or dropout)."""
+    resid_mid_module: str | None = None
+    """Submodule of a decoder layer whose output is ``resid_mid`` itself; when set, the
+    ``resid_mid`` hook goes there instead of on the attention branch."""
 
     def decoder_stack(self, model: nn.Module) -> nn.Module:
         stack = model.base_model
@@ -59,10 +67,16 @@ class ArchitectureSpec:
         return layers
 
     def branch_module(self, layer: nn.Module) -> nn.Module:
-        module = layer
-        for name in self.attention_branch.split("."):
-            module = getattr(module, name)
-        return module
+        return _submodule(layer, self.attention_branch)
+
+    def mid_module(self, layer: nn.Module) -> nn.Module | None:
+        return None if self.resid_mid_module is None else _submodule(layer, self.resid_mid_module)
+
+
+def _submodule(module: nn.Module, dotted: str) -> nn.Module:
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
 
 
 _LLAMA_LIKE = ArchitectureSpec(
@@ -91,7 +105,17 @@ _GPT_NEOX = ArchitectureSpec(
     attention_branch="post_attention_dropout",
 )
 
-ARCHITECTURES: tuple[ArchitectureSpec, ...] = (_LLAMA_LIKE, _POST_NORMED, _GPT2, _GPT_NEOX)
+# irm's architecture zoo (irm.zoo.modeling): every layer passes resid_mid through an
+# identity module, the one way to name it in its post-norm variant.
+_IRM_ZOO = ArchitectureSpec(
+    family="irm_zoo",
+    model_types=("irm_zoo",),
+    layers_attr="layers",
+    attention_branch="attn",
+    resid_mid_module="resid_mid",
+)
+
+ARCHITECTURES: tuple[ArchitectureSpec, ...] = (_LLAMA_LIKE, _POST_NORMED, _GPT2, _GPT_NEOX, _IRM_ZOO)
 
 
 def supported_model_types() -> list[str]:
@@ -168,6 +192,8 @@ class SiteHook:
                 self._handles.append(layer.register_forward_pre_hook(self._pre, with_kwargs=True))
             elif site == "resid_post":
                 self._handles.append(layer.register_forward_hook(self._post))
+            elif (mid := spec.mid_module(layer)) is not None:
+                self._handles.append(mid.register_forward_hook(self._post if reads else self._mid_add))
             else:
                 if reads:
                     self._handles.append(layer.register_forward_pre_hook(self._capture, with_kwargs=True))

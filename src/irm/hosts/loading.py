@@ -230,7 +230,9 @@ def load_host(
     elif name_or_path in TINY_CONFIGS:
         model, tokenizer = build_tiny(name_or_path, dtype=torch_dtype), byte_tokenizer()
     else:
-        model, tokenizer = _load_pretrained(name_or_path, torch_dtype, allow_download)
+        from irm.zoo.hosts import zoo_host_source  # zoo-* names; registers the zoo's model type
+
+        model, tokenizer = _load_pretrained(zoo_host_source(name_or_path), torch_dtype, allow_download)
     model.to(dev)
     model.eval()
     model.requires_grad_(False)
