@@ -3,6 +3,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -86,3 +87,16 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 """How the browser tests launch Debian's Chromium (headless, offline, no sandbox as root)."""
+
+
+@pytest.fixture
+def irm_in_process(monkeypatch, capsys):
+    """``run(*args, cwd=FOLDER)``: ``irm ARGS`` in-process through ``irm.cli.main`` from
+    ``FOLDER``, answered like ``subprocess.run`` (returncode, stdout, stderr)."""
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        code, out, err = run_main(args, monkeypatch, capsys)
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run

@@ -7,14 +7,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import irm
-from conftest import nontrivial_irm, run_main
+from conftest import nontrivial_irm
 from irm.core.adapters import adapter_kind, load_adapter
 from irm.core.config import IRMConfig
 from irm.core.steering import (
@@ -369,15 +368,8 @@ LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
 
 
 @pytest.fixture
-def _irm_cli(monkeypatch, capsys):
-    """``irm ARGS`` in-process through ``irm.cli.main``, from folder ``cwd``."""
-
-    def run(*args, cwd):
-        monkeypatch.chdir(cwd)
-        code, out, err = run_main(args, monkeypatch, capsys)
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
+def _irm_cli(irm_in_process):
+    return irm_in_process
 
 
 @pytest.mark.parametrize("default_out", [False, True])

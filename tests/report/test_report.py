@@ -3,11 +3,10 @@
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import CHROMIUM_ARGS, run_main, write_qa
+from conftest import CHROMIUM_ARGS, write_qa
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
@@ -227,15 +226,8 @@ LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
 
 
 @pytest.fixture
-def _irm(monkeypatch, capsys):
-    """``irm ARGS`` in-process through ``irm.cli.main``, from folder ``cwd``."""
-
-    def run(*args, cwd):
-        monkeypatch.chdir(cwd)
-        code, out, err = run_main(args, monkeypatch, capsys)
-        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-    return run
+def _irm(irm_in_process):
+    return irm_in_process
 
 
 def test_cli_report_refuses_an_existing_out_file_without_overwrite(tmp_path, _irm):
