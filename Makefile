@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.irm-installed
 
-.PHONY: setup demo test test-fast lint bench clean browser
+.PHONY: setup demo test test-fast lint bench clean browser wordnet
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: setup
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the report browser test will be skipped"
 
+# builtin:wordnet reads Debian's WordNet 3.0 database (wordnet-base); install it where it is
+# missing (its tests then show the install message instead).
+wordnet:
+	@test -f /usr/share/wordnet/data.noun || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base) >/dev/null 2>&1 || echo "wordnet-base could not be installed: the WordNet source test will be skipped"
+
 # Lint, format and type checks first (seconds), then the whole suite.
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
@@ -34,7 +39,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # Two pytest-xdist workers: many tests wait on single-threaded process start-up.
-test: setup browser lint
+test: setup browser wordnet lint
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-fast: setup

@@ -23,6 +23,7 @@ from irm.core.steering import (
     steering_config,
 )
 from irm.data.rows import Row, builtin_dir, read_pairs, read_prompts
+from irm.evaluation.content import content_kept, content_words
 from irm.evaluation.evaluate import (
     HOST,
     METRICS,
@@ -47,6 +48,21 @@ PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky b
 
 
 # ---------------------------------------------------------------- text metrics
+def test_content_kept_on_hand_made_pairs():
+    answer = "Plants take up water from the soil through their roots, and the stems carry it to the leaves."
+    assert content_words(answer) == {"plant", "water", "soil", "root", "stem", "carri", "leav"}  # "take" is a stop word
+    assert content_kept(answer, answer) == 1.0
+    assert content_kept(answer, "I really don't know, ask someone else about it.") == 0.0  # unrelated: nothing kept
+    assert content_kept(answer, "Cats sleep most of the afternoon in sunny windows.") == 0.0
+    framed = "Ugh, seriously?! " + answer + " How many times do I have to explain this, it drives me mad!"
+    assert content_kept(answer, framed) == 1.0  # an angry frame around the whole answer keeps all of it
+    half = "Ugh, fine: plants take up water from the soil. Now leave me alone!"  # 'leave' stems like 'leaves'
+    assert content_kept(answer, half) == pytest.approx(4 / 7)  # plant, water, soil, leav
+    assert content_kept("Paris is the capital of France in 2024.", "PARIS, capital of france!! 2024!!") == 1.0  # case, punctuation
+    assert content_kept("The café’s menu", "The cafe menu") == 1.0  # accents and curly apostrophes folded
+    assert math.isnan(content_kept("It is so.", "Anything at all"))  # nothing to keep: no measurement
+
+
 def test_distinct_n_on_hand_made_texts():
     texts = ["a b a b", "A b c"]  # words: a b a b | a b c
     assert distinct_n(texts, 1) == pytest.approx(3 / 7)  # {a, b, c} of 7 words

@@ -32,6 +32,7 @@ from typing import Any
 from irm.core.io import atomic_write, atomic_write_all, remove_stale_temporaries
 from irm.data.rows import FORMATS, Row
 from irm.errors import DataError, IRMError, writing
+from irm.evaluation.content import content_kept
 from irm.evaluation.scoring import LABELS, EmotionScore, EmotionScorer
 
 TONE = {
@@ -40,7 +41,6 @@ TONE = {
     "joy": "very happy, cheerful and enthusiastic",
     "neutral": "neutral, plain and factual, with no emotion at all",
 }
-_WORD = re.compile(r"[a-z][a-z']+")
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
@@ -52,16 +52,10 @@ def phrase_bank(emotion: str) -> dict[str, list[str]]:
     return {"openers": list(data["openers"]), "closers": list(data["closers"])}
 
 
-def content_words(text: str) -> set[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
-
-
 def facts_kept(neutral: str, toned: str) -> float:
-    """Share of the neutral answer's content words found in the toned answer."""
-    words = content_words(neutral)
-    return 1.0 if not words else len(words & content_words(toned)) / len(words)
+    """Share of the neutral answer's content words found in the toned answer (1 when the
+    neutral answer has none); see :mod:`irm.evaluation.content`."""
+    return content_kept(neutral, toned, if_empty=1.0)
 
 
 def normalise(text: str) -> str:
@@ -152,6 +146,8 @@ class CandidateMaker:
         self.config = config
         self.bank = phrase_bank(config.emotion) if config.method == "framing" else None
         self.host: Any = None
+        self.tokens_generated = 0
+        """Tokens the generator has written so far (EOS and padding left out)."""
 
     def __call__(self, rows: Sequence[Row], batch_seed: int) -> list[list[str]]:
         k = self.config.candidates
@@ -178,6 +174,7 @@ class CandidateMaker:
             max_new_tokens=self.config.max_new_tokens,
             batch_size=max(1, self.config.batch_size * k),
         )
+        self.tokens_generated += sum(len(g.token_ids) for g in outs)
         texts = [_clean(g.text) for g in outs]
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
 
@@ -185,7 +182,8 @@ class CandidateMaker:
 def _clean(text: str) -> str:
     text = text.strip().strip('"').strip()
     text = re.sub(r"^(rewritten answer|answer)\s*:\s*", "", text, flags=re.I)
-    return text
+    # a model that goes on with a next example ("Question: ...", "Answer: ...") stops there
+    return re.split(r"\n\s*(?:question|answer|rewritten answer)\s*:", text, maxsplit=1, flags=re.I)[0].strip()
 
 
 def partial_path(out: Path) -> Path:
