@@ -126,11 +126,11 @@ def test_synthesizer_with_real_smollm2_resumes(tmp_path, scorer):
 
 # ---------------------------------------------------------------- neutral sources
 WORDNET_INDEX = """  1 This software and database is being provided to you, the LICENSEE, by
-bicycle n 1 4 @ ~ %p + 1 1 00000000  
-copenhagen n 1 1 @ 1 1 00000151  
-anger n 1 1 @ 1 1 00000260  
-rarity n 1 1 @ 1 0 00000345  
-management n 1 1 @ 1 1 00000430  
+bicycle n 1 4 @ ~ %p + 1 1 00000000
+copenhagen n 1 1 @ 1 1 00000151
+anger n 1 1 @ 1 1 00000260
+rarity n 1 1 @ 1 0 00000345
+management n 1 1 @ 1 1 00000430
 """
 WORDNET_DATA = [
     "06 n 02 bicycle 0 bike 0 000 | a wheeled vehicle that has two wheels and is moved by foot pedals  ",
