@@ -155,8 +155,11 @@ def side_by_side(report: Any, run: Path, strength: float = 1.0) -> tuple[Path, d
         off = host[(g["prompt"], g["sample"])]
         kept = g.get("content_kept")
         angrier = g["top"] == target and off["top"] != target
-        lost = kept is not None and kept < KEPT_ENOUGH
-        verdict = ("tone changed" if angrier else "tone unchanged") + (", content lost" if lost else ", content kept")
+        verdict = "tone changed" if angrier else "tone unchanged"
+        if kept is None:
+            verdict += ", no content to keep"  # the host's own answer had no content words
+        else:
+            verdict += ", content lost" if kept < KEPT_ENOUGH else ", content kept"
         rows.append(
             {
                 "prompt": g["prompt"],
@@ -181,10 +184,9 @@ def analyse(run: Path, settings: DemoSettings) -> str:
 
     options = AnalyzeOptions(k=10, token_plots=2, frames=0, prompt_limit=8, neutral_limit=8, max_new_tokens=24)
     summary = analyze([run], RunDir(run).analysis, options)
-    runs = summary.get("runs") if isinstance(summary, dict) else None
-    first = runs[0] if isinstance(runs, list) and runs and isinstance(runs[0], dict) else summary
-    striation = first.get("striation") if isinstance(first, dict) else None
-    return f"striation {striation:.3f}" if isinstance(striation, (int, float)) else "written"
+    striation, top = summary.get("striation", {}), summary.get("top_k", {})
+    text = f"striation {striation.get('score', float('nan')):.2f} (noise level {striation.get('noise_level', float('nan')):.2f})"
+    return text + f"; dominant indices {', '.join(map(str, top.get('indices', [])[:5]))}"
 
 
 def run_demo(settings: DemoSettings, console: Console | None = None) -> Path:
