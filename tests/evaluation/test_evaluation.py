@@ -4,6 +4,7 @@ the anger IRM on the real SmolLM2 beating the host beyond the confidence interva
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -486,3 +487,28 @@ def test_write_report_on_a_really_full_disk_leaves_the_old_report(tmp_path):
         assert {p.name: p.read_bytes() for p in mount.iterdir() if p.name != "filler"} == old  # no temporary file left
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_scorer_first_load_shows_no_nade_unpack_warnings(tmp_path):
+    """nade unpacks its 8 models on first use, with a UserWarning each that a user cannot act
+    on; the scorer silences exactly those, for the load only. A copy of nade with only the
+    packed models stands in for a fresh install."""
+    import importlib.util
+    import shutil
+
+    nade_dir = Path(importlib.util.find_spec("nade").origin).parent
+    copy = tmp_path / "site" / "nade"
+    shutil.copytree(nade_dir, copy, ignore=shutil.ignore_patterns("reg_*.txt", "__pycache__"))
+    assert len(list(copy.glob("data/*/reg_*.txt.gz"))) == 8 and not list(copy.glob("data/*/reg_*.txt"))
+    code = (
+        "import warnings; warnings.simplefilter('always'); import nade; assert nade.__file__.startswith(%r); "
+        "from irm.evaluation.scoring import SignalExtractor; print(SignalExtractor().plutchik(['I am furious!']).shape)"
+    ) % str(copy)
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{copy.parent}:{src}"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 8)" and len(list(copy.glob("data/*/reg_*.txt"))) == 8  # unpacked, and quietly:
+    assert "unpack" not in out.stderr and "Warning" not in out.stderr, out.stderr
