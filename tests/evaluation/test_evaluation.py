@@ -502,9 +502,9 @@ def test_scorer_first_load_shows_no_nade_unpack_warnings(tmp_path):
     shutil.copytree(nade_dir, copy, ignore=shutil.ignore_patterns("reg_*.txt", "__pycache__"))
     assert len(list(copy.glob("data/*/reg_*.txt.gz"))) == 8 and not list(copy.glob("data/*/reg_*.txt"))
     code = (
-        "import warnings; warnings.simplefilter('always'); import nade; assert nade.__file__.startswith(%r); "
+        f"import warnings; warnings.simplefilter('always'); import nade; assert nade.__file__.startswith({str(copy)!r}); "
         "from irm.evaluation.scoring import SignalExtractor; print(SignalExtractor().plutchik(['I am furious!']).shape)"
-    ) % str(copy)
+    )
     src = str(Path(__file__).resolve().parents[2] / "src")
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{copy.parent}:{src}"}
