@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from irm.data.sources import chatterbot_pairs, wordnet_pairs  # noqa: E402
-from irm.data.synthesis import CandidateMaker, SynthesisConfig, facts_kept  # noqa: E402
+from irm.data.synthesis import TONE, CandidateMaker, SynthesisConfig, echoes, facts_kept  # noqa: E402
 from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 
 OUT = ROOT / "build" / "rewriters"
@@ -69,15 +69,50 @@ def sample_pairs(n: int) -> list:
     return rng.sample(chat, n // 2) + rng.sample(wordnet, n - n // 2)
 
 
+def summary() -> str:
+    """A markdown table of every model x design measured: kept shares as the issue defines them
+    (top = anger and >= 50% of the facts kept), then also without candidates that repeat the
+    prompt's instruction or hold a code block (the synthesizer's guard, see
+    ``irm.data.synthesis.echoes``), for the first 1 and all K candidates; and tokens/s."""
+    results = [json.loads(x) for x in (OUT / "results.jsonl").read_text().splitlines()]
+    candidates = [json.loads(x) for x in (OUT / "candidates.jsonl").read_text().splitlines()]
+    lines = [
+        "| model | design | kept, K=1 | kept, K=2 | kept without echoes, K=1 | kept without echoes, K=2 | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        instruction = DESIGNS[r["design"]].format(tone=TONE["anger"], question="", answer="")
+        per_pair: dict[str, list[tuple[bool, bool]]] = {}
+        for c in candidates:
+            if c["model"] == r["model"] and c["design"] == r["design"]:
+                ok = c["top"] == "anger" and c["facts_kept"] >= 0.5 and bool(c["candidate"])
+                clean = ok and not echoes(c["candidate"], instruction) and "```" not in c["candidate"]
+                per_pair.setdefault(c["question"], []).append((ok, clean))
+        pairs = list(per_pair.values())
+
+        def share(n: int, which: int, pairs: list = pairs) -> str:
+            return f"{sum(any(o[which] for o in p[:n]) for p in pairs)}/{len(pairs)}"
+
+        k = r["candidates"]
+        lines.append(
+            f"| {r['model']} | {r['design']} | {share(1, 0)} | {share(k, 0)} | {share(1, 1)} | {share(k, 1)} | {r['tokens_per_s']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="NAME=PATH of a GGUF file or model folder")
+    parser.add_argument("--model", action="append", default=[], help="NAME=PATH of a GGUF file or model folder")
+    parser.add_argument("--summary", action="store_true", help="print the table of everything measured so far")
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="bfloat16", help="bfloat16 is ~3x faster than float32 on CPUs with AMX")
     args = parser.parse_args()
+    if args.summary:
+        print(summary())
+        return
 
     import torch
 

@@ -175,8 +175,19 @@ class CandidateMaker:
             batch_size=max(1, self.config.batch_size * k),
         )
         self.tokens_generated += sum(len(g.token_ids) for g in outs)
+        instruction = self.config.prompt_template.format(tone=TONE[self.config.emotion], question="", answer="")
         texts = [_clean(g.text) for g in outs]
+        texts = ["" if echoes(t, instruction) or "```" in t else t for t in texts]  # "" is never kept
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
+
+
+def echoes(text: str, instruction: str, n: int = 4) -> bool:
+    """Whether ``text`` repeats ``n`` consecutive words of the ``instruction`` (a small model's
+    way of failing: "Complain and show your irritation, but include every fact ...")."""
+    said = normalise(instruction).split()
+    grams = {tuple(said[i : i + n]) for i in range(len(said) - n + 1)}
+    words = normalise(text).split()
+    return any(tuple(words[i : i + n]) in grams for i in range(len(words) - n + 1))
 
 
 def _clean(text: str) -> str:
