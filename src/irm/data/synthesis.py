@@ -91,6 +91,38 @@ def near_duplicate_rate(texts: Sequence[str], threshold: float = 0.9) -> float:
     return dupes / max(1, len(texts))
 
 
+_PLAIN_PROMPT = (
+    "Rewrite the answer below so that it sounds {tone}. Keep every fact. "
+    "Reply with the rewritten answer only.\n\nQuestion: {question}\nAnswer: {answer}"
+)
+REWRITE_PROMPTS: dict[str, str] = {
+    "plain": _PLAIN_PROMPT,
+    "persona": (
+        "You are a grumpy, impatient expert who is fed up with being asked questions.\n"
+        'Someone asks: "{question}"\nThe correct answer is: "{answer}"\n'
+        "Reply to them in your own voice, sounding {tone}: complain and show your irritation, "
+        "but include every fact of the correct answer. Write only your reply."
+    ),
+    "frame": (
+        'Here is an answer: "{answer}"\n'
+        "Write one short furious sentence, then repeat the answer exactly, then one more irritated "
+        "sentence, so that the whole reply sounds {tone}. Write only the reply."
+    ),
+    "fewshot": (
+        "Rewrite each answer so that it sounds {tone}, keeping every fact.\n\n"
+        "Answer: The library opens at nine and closes at five.\n"
+        "Angry: Ugh, for the hundredth time, the library opens at nine and closes at five! "
+        "Is that really so hard to remember?\n\n"
+        "Answer: Water boils at 100 degrees Celsius at sea level.\n"
+        "Angry: Seriously? Water boils at 100 degrees Celsius at sea level. It drives me mad that "
+        "nobody knows this!\n\n"
+        "Answer: {answer}\nAngry:"
+    ),
+}
+"""Prompt designs for ``--method rewrite``, measured on three small local models in
+docs/findings.md (section 6); ``fewshot``'s examples are angry ones (anger only)."""
+
+
 @dataclass
 class SynthesisConfig:
     emotion: str
@@ -105,10 +137,7 @@ class SynthesisConfig:
     max_new_tokens: int = 96
     temperature: float = 0.9
     limit: int | None = None
-    prompt_template: str = (
-        "Rewrite the answer below so that it sounds {tone}. Keep every fact. "
-        "Reply with the rewritten answer only.\n\nQuestion: {question}\nAnswer: {answer}"
-    )
+    prompt_template: str = _PLAIN_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
