@@ -23,7 +23,7 @@ from irm.core.steering import (
     mean_answer_states,
     steering_config,
 )
-from irm.data.rows import Row, builtin_dir, read_pairs, read_prompts
+from irm.data.rows import Row, builtin_dir, read_pairs
 from irm.evaluation.content import content_kept, content_words
 from irm.evaluation.evaluate import (
     HOST,
@@ -336,10 +336,9 @@ def test_cli_steer_fit_and_evaluate_compare_in_one_table(tiny_llama, tmp_path):
 
 
 # ---------------------------------------------------------------- real SmolLM2
-# A short recipe: 24 Adam steps of 8 rows at lr 2e-3, the paper's IRM injecting at layers
-# 20-29 only (so the backward pass stops at layer 20), rows cut to 64 tokens (the chat
-# prompt is ~47 of them, so the loss sees the start of the answer, where the tone is set).
-ANGER_RECIPE = dict(layers="20-29", lr=2e-3, max_steps=24, batch_size=8, max_length=64)
+# A CI-sized version of the demo recipe (irm.report.demo.DemoSettings: its data, layers,
+# learning rate and warm-up), with fewer steps, prompts and tokens.
+CI_DEMO = dict(max_steps=20, eval_prompts=16, max_new_tokens=32, strengths=(1.0,), analysis=False)
 
 
 @pytest.fixture
@@ -353,32 +352,30 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, one_thread):
-    if not (builtin_dir() / "anger.csv").is_file():
-        pytest.skip("builtin:anger (src/irm/datasets/anger.csv) is not built yet")
-    from irm.training.config import TrainConfig
-    from irm.training.run import train
+def test_ci_sized_demo_recipe_raises_anger_and_keeps_the_content(tmp_path, one_thread):
+    """The demo's own stages (train, evaluate, side by side) on the real SmolLM2: p(anger) at
+    x1 above the host's interval, the paired gain's interval above zero, and the median
+    steered answer keeps >= 30% of the host answer's content words."""
+    import io
 
-    config = TrainConfig(
-        data="builtin:anger",
-        val_fraction=0.0,
-        test_fraction=0.0,
-        checkpoint_every=10**6,
-        precision="32-true",
-        out=str(tmp_path / "run"),
-        **ANGER_RECIPE,
-    )
-    net = load_adapter(train(config, progress=False).irm_dir, smollm2)
-    assert target_emotion(net.config) == "anger"
-    report = evaluate(smollm2, {"anger": net}, read_prompts("builtin:prompts", limit=24), target="anger", max_new_tokens=32)
-    off, on = report.get(HOST).metrics, report.get("anger", 1.0).metrics
-    show = lambda e: f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
-    print(
-        f"\np(anger) off {show(off['target'])}, on {show(on['target'])}, paired gain {show(on['target_gain'])}; "
-        f"perplexity off {show(off['perplexity'])}, on {show(on['perplexity'])}"
-    )
+    from rich.console import Console
+
+    from irm.report.demo import DemoSettings, evaluate_stage, side_by_side, train_stage
+
+    if not (builtin_dir() / "anger.csv").is_file():
+        pytest.skip("builtin:anger (src/irm/data/datasets/anger.csv) is not built yet")
+    settings = DemoSettings(out=tmp_path / "demo", **CI_DEMO)
+    console = Console(file=io.StringIO())
+    print("\n" + train_stage(settings, console))
+    line, report = evaluate_stage(settings, console)
+    print(line)
+    assert target_emotion(IRMConfig.load(settings.out / "irm")) == "anger"
+    off, on = report.get(HOST).metrics, report.get("irm", 1.0).metrics
     assert on["target"].lo > off["target"].hi  # the intervals do not even overlap
     assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
+    assert on["content_kept_median"].mean >= 0.3
+    _, counts = side_by_side(report, settings.out)
+    assert counts.get("tone changed, content kept", 0) >= 1 and sum(counts.values()) == settings.eval_prompts
 
 
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"

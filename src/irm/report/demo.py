@@ -33,12 +33,12 @@ class DemoSettings:
     host: str = "smollm2-135m-instruct"
     data: str = "builtin:anger"
     emotion: str = "anger"
-    layers: str = "all"
+    layers: str = "15-29"
     max_steps: int = 30
     lr: float = 2e-3
     warmup_steps: int = 6
     batch_size: int = 8
-    max_length: int = 64
+    max_length: int = 96
     seed: int = 1
     eval_prompts: int = 24
     """The first N of ``builtin:prompts`` (held out from every training set)."""
