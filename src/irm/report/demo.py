@@ -92,7 +92,7 @@ def train_stage(settings: DemoSettings, console: Console) -> str:
     result = train(settings.train_config(), overwrite=True, progress=True)
     losses = _train_losses(result.run_dir)
     s = result.summary
-    line = f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {s.get('steps', settings.max_steps)} steps" if losses else "no loss logged"
+    line = f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {s.get('global_step', settings.max_steps)} steps" if losses else "no loss logged"
     if s.get("test_loss") is not None:
         line += f", held-out test loss {s['test_loss']:.2f}"
     return line
