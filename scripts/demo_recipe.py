@@ -30,6 +30,9 @@ RECIPES: dict[str, dict] = {
     "gentle": dict(layers="all", lr=1e-3, warmup_steps=6, max_steps=40, max_length=96),
     # inject in the upper half only: the lower layers, where the subject is read, stay the host's
     "late": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=30, max_length=96),
+    # rows of 64 tokens: the chat prompt is ~47 of them, so most answers are cut before their end
+    # and the IRM does not learn to stop after a short angry sentence
+    "late-64": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=30, max_length=64),
     "late-long": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=50, max_length=96),
     "late-gentle": dict(layers="15-29", lr=1e-3, warmup_steps=6, max_steps=50, max_length=96),
 }

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 
 @contextmanager
 def no_transformers_progress_bars() -> Iterator[None]:
-    """transformers' progress bars ("Loading weights", "Converting and de-quantizing GGUF
-    tensors") off for the body (also as a decorator); on again after, if they were on."""
+    """transformers' progress bars ("Loading weights" at every model load) off for the body
+    (also as a decorator); on again after, if they were on. (Its GGUF reader's one-time
+    "Converting and de-quantizing" bar uses tqdm directly and has no such setting.)"""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
