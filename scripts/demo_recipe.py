@@ -33,6 +33,8 @@ RECIPES: dict[str, dict] = {
     # rows of 64 tokens: the chat prompt is ~47 of them, so most answers are cut before their end
     # and the IRM does not learn to stop after a short angry sentence
     "late-64": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=30, max_length=64),
+    "late-20": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=20, max_length=96),
+    "late-gentle30": dict(layers="15-29", lr=1e-3, warmup_steps=6, max_steps=30, max_length=96),
     "late-long": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=50, max_length=96),
     "late-gentle": dict(layers="15-29", lr=1e-3, warmup_steps=6, max_steps=50, max_length=96),
 }
