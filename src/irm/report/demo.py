@@ -2,10 +2,11 @@
 evaluate it against the host on held-out prompts, show the answers side by side, record
 and analyse its outputs, write the report.
 
-The recipe (:class:`DemoSettings`) was chosen so that the demo shows what an IRM can do at
-strength x1 on its held-out prompts, each with its 95% interval: p(anger) >= 0.4, the
-median share of the host answer's content words kept >= 0.3, and distinct-2 >= 0.6
-(docs/findings.md, "The demo recipe", gives the measurements).
+The recipe (:class:`DemoSettings`) aims at three bars at strength x1 on the held-out prompts,
+each with its 95% interval: p(anger) >= 0.4, content kept (median) >= 0.3 and distinct-2 >=
+0.6. Measured (docs/findings.md, section 5): p(anger) 0.60 and distinct-2 0.71 meet theirs;
+content kept does not (median 0): the IRM still drops the answer, and the side-by-side table
+says so prompt by prompt.
 """
 
 from __future__ import annotations
