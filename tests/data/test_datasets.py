@@ -2,6 +2,7 @@
 and `irm data check`."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +11,15 @@ import pandas as pd
 import pytest
 
 from irm.data.rows import builtin_dir, check_data, read_rows
+from irm.data.sources import WORDNET_DIR, WORDNET_INSTALL, python_stdlib_pairs, wordnet_pairs
 from irm.data.synthesis import (
     SynthesisConfig,
-    content_words,
     facts_kept,
     near_duplicate_rate,
     synthesize,
 )
+from irm.errors import DataError
+from irm.evaluation.content import content_words
 from irm.evaluation.scoring import (
     LABELS,
     EmotionScorer,
@@ -51,12 +54,15 @@ def test_validation_set_is_balanced_and_disjoint_from_training():
 
 
 @pytest.mark.parametrize("emotion", EMOTIONS)
-def test_shipped_set_rows_and_columns(emotion):
+def test_shipped_set_rows_columns_and_source_cap(emotion):
     frame = pd.read_csv(builtin_dir() / f"{emotion}.csv")
     assert len(frame) >= 2000
-    for col in ("question", "answer", "origin", "top", "margin", "p_anger", "p_sadness", "p_joy", "p_neutral", "valence", "facts_kept"):
+    columns = ("question", "answer", "origin", "source", "top", "margin", "p_anger", "p_sadness", "p_joy", "p_neutral", "valence")
+    for col in columns + ("facts_kept",):
         assert col in frame.columns
     assert frame.origin.notna().all() and (frame.answer.str.len() > 0).all()
+    assert set(frame.source) <= {"chatterbot", "wordnet", "python-stdlib", "sotu"}
+    assert frame.source.value_counts(normalize=True).max() <= 0.40  # no neutral source is more than 40% of the set
     assert len(read_rows(f"builtin:{emotion}")) == len(frame)
 
 
@@ -116,6 +122,87 @@ def test_synthesizer_with_real_smollm2_resumes(tmp_path, scorer):
     assert saved["config"]["generator"] == "smollm2-135m-instruct" and "prompt_template" in saved
     kept = [json.loads(x) for x in out.read_text().splitlines()]
     assert all(r["origin"] == "rewrite:smollm2-135m-instruct" and r["top"] == "joy" for r in kept)
+
+
+# ---------------------------------------------------------------- neutral sources
+WORDNET_INDEX = """  1 This software and database is being provided to you, the LICENSEE, by
+bicycle n 1 4 @ ~ %p + 1 1 00000000
+copenhagen n 1 1 @ 1 1 00000151
+anger n 1 1 @ 1 1 00000260
+rarity n 1 1 @ 1 0 00000345
+management n 1 1 @ 1 1 00000430
+"""
+WORDNET_DATA = [
+    "06 n 02 bicycle 0 bike 0 000 | a wheeled vehicle that has two wheels and is moved by foot pedals  ",
+    "15 n 01 Copenhagen 0 000 | the capital and largest city of Denmark  ",
+    "12 n 01 anger 0 000 | a strong emotion; a feeling that is oriented toward some real or supposed grievance  ",
+    "07 n 01 rarity 0 000 | a rare thing that is seldom found  ",
+    '04 n 01 management 0 000 | the act of managing something; "he was given overall management of the program"  ',
+]
+
+
+def _wordnet_database(folder: Path) -> Path:
+    """index.noun and data.noun in WordNet's format: each data line starts at its byte offset."""
+    folder.mkdir()
+    data, offsets = b"", []
+    for line in WORDNET_DATA:
+        offsets.append(len(data))
+        data += f"{len(data):08d} {line}\n".encode()
+    index = WORDNET_INDEX
+    for fake, real in zip(("00000000", "00000151", "00000260", "00000345", "00000430"), offsets):
+        index = index.replace(fake, f"{real:08d}")
+    (folder / "data.noun").write_bytes(data)
+    (folder / "index.noun").write_text(index)
+    return folder
+
+
+def test_wordnet_source_rules_on_a_hand_made_database(tmp_path):
+    rows = wordnet_pairs(_wordnet_database(tmp_path / "wn"))
+    assert [(r.question, r.answer) for r in rows] == [
+        ("What is a bicycle?", "A bicycle is a wheeled vehicle that has two wheels and is moved by foot pedals."),
+        (
+            "What is management?",
+            'Management is the act of managing something. For example: "He was given overall management of the program."',
+        ),
+    ]  # left out: a proper noun (Copenhagen), an emotion (noun.feeling), a word never sense-tagged (rarity)
+
+
+def test_wordnet_source_reads_the_installed_database():
+    if not (WORDNET_DIR / "data.noun").is_file():
+        pytest.skip(f"Debian's wordnet-base is not installed ({WORDNET_INSTALL}; make test installs it)")
+    rows = wordnet_pairs()
+    assert len(rows) >= 4000 and len({r.question for r in rows}) == len(rows)
+    bicycle = next(r for r in rows if r.question == "What is a bicycle?")
+    assert bicycle.answer == "A bicycle is a wheeled vehicle that has two wheels and is moved by foot pedals."
+    for r in rows:
+        assert re.fullmatch(r"What is (an? )?[a-z]+\?", r.question), r.question
+        subject = r.question.removeprefix("What is ").removesuffix("?")
+        assert r.answer.startswith(subject[0].upper() + subject[1:] + " is "), r
+        assert r.answer.endswith((".", '."')) and "_" not in r.answer and "  " not in r.answer
+
+
+def test_wordnet_source_without_the_package_says_how_to_install_it(tmp_path):
+    with pytest.raises(DataError, match="wordnet-base") as caught:
+        wordnet_pairs(tmp_path / "nowhere")
+    assert caught.value.hint == "sudo apt-get install wordnet-base"
+
+
+def test_python_stdlib_source_on_a_hand_made_library(tmp_path):
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "__init__.py").write_text(
+        '"""Shapes."""\n'
+        'def area(r):\n    """Return the area of a circle of radius r, in square units.\n\n    More text."""\n'
+        'def _private(x):\n    """Return the hidden value of x for internal use only."""\n'
+        'def vague(x):\n    """This function does something with x and y."""\n'
+        'class Box:\n    def copy(self):\n        """Copy the box and all of its contents to a new box."""\n'
+    )
+    (tmp_path / "_internal.py").write_text('def f():\n    """Return the internal value of the private module."""\n')
+    rows = python_stdlib_pairs(tmp_path)
+    assert [r.answer for r in rows] == [
+        "shapes.area() returns the area of a circle of radius r, in square units.",
+        "shapes.Box.copy() copies the box and all of its contents to a new box.",
+    ]
+    assert all("shapes." in r.question and r.question.endswith("?") for r in rows)
 
 
 def test_framing_synthesis_keeps_facts(tmp_path, scorer):

@@ -4,6 +4,7 @@ the anger IRM on the real SmolLM2 beating the host beyond the confidence interva
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from irm.core.steering import (
     mean_answer_states,
     steering_config,
 )
-from irm.data.rows import Row, builtin_dir, read_pairs, read_prompts
+from irm.data.rows import Row, builtin_dir, read_pairs
+from irm.evaluation.content import content_kept, content_words
 from irm.evaluation.evaluate import (
     HOST,
     METRICS,
@@ -47,6 +49,21 @@ PROMPTS = ["What is the capital of France?", "Name a colour.", "Why is the sky b
 
 
 # ---------------------------------------------------------------- text metrics
+def test_content_kept_on_hand_made_pairs():
+    answer = "Plants take up water from the soil through their roots, and the stems carry it to the leaves."
+    assert content_words(answer) == {"plant", "water", "soil", "root", "stem", "carri", "leav"}  # "take" is a stop word
+    assert content_kept(answer, answer) == 1.0
+    assert content_kept(answer, "I really don't know, ask someone else about it.") == 0.0  # unrelated: nothing kept
+    assert content_kept(answer, "Cats sleep most of the afternoon in sunny windows.") == 0.0
+    framed = "Ugh, seriously?! " + answer + " How many times do I have to explain this, it drives me mad!"
+    assert content_kept(answer, framed) == 1.0  # an angry frame around the whole answer keeps all of it
+    half = "Ugh, fine: plants take up water from the soil. Now leave me alone!"  # 'leave' stems like 'leaves'
+    assert content_kept(answer, half) == pytest.approx(4 / 7)  # plant, water, soil, leav
+    assert content_kept("Paris is the capital of France in 2024.", "PARIS, capital of france!! 2024!!") == 1.0  # case, punctuation
+    assert content_kept("The café’s menu", "The cafe menu") == 1.0  # accents and curly apostrophes folded
+    assert math.isnan(content_kept("It is so.", "Anything at all"))  # nothing to keep: no measurement
+
+
 def test_distinct_n_on_hand_made_texts():
     texts = ["a b a b", "A b c"]  # words: a b a b | a b c
     assert distinct_n(texts, 1) == pytest.approx(3 / 7)  # {a, b, c} of 7 words
@@ -319,10 +336,9 @@ def test_cli_steer_fit_and_evaluate_compare_in_one_table(tiny_llama, tmp_path):
 
 
 # ---------------------------------------------------------------- real SmolLM2
-# A short recipe: 24 Adam steps of 8 rows at lr 2e-3, the paper's IRM injecting at layers
-# 20-29 only (so the backward pass stops at layer 20), rows cut to 64 tokens (the chat
-# prompt is ~47 of them, so the loss sees the start of the answer, where the tone is set).
-ANGER_RECIPE = dict(layers="20-29", lr=2e-3, max_steps=24, batch_size=8, max_length=64)
+# A CI-sized version of the demo recipe (irm.report.demo.DemoSettings: its data, layers,
+# learning rate and warm-up), with fewer steps, prompts and tokens.
+CI_DEMO = dict(max_steps=20, eval_prompts=16, max_new_tokens=32, strengths=(1.0,), analysis=False)
 
 
 @pytest.fixture
@@ -336,32 +352,32 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_smollm2_anger_irm_raises_anger_beyond_the_interval(smollm2, tmp_path, one_thread):
-    if not (builtin_dir() / "anger.csv").is_file():
-        pytest.skip("builtin:anger (src/irm/datasets/anger.csv) is not built yet")
-    from irm.training.config import TrainConfig
-    from irm.training.run import train
+def test_ci_sized_demo_recipe_raises_anger_and_keeps_the_content(tmp_path, one_thread):
+    """The demo's own stages (train, evaluate, side by side) on the real SmolLM2: p(anger) at
+    x1 above the host's interval, the paired gain's interval above zero; and the bar the demo
+    recipe does not reach yet (docs/findings.md, section 5): the median steered answer keeps
+    >= 30% of the host answer's content words (measured: 0.16), an expected failure until it does."""
+    import io
 
-    config = TrainConfig(
-        data="builtin:anger",
-        val_fraction=0.0,
-        test_fraction=0.0,
-        checkpoint_every=10**6,
-        precision="32-true",
-        out=str(tmp_path / "run"),
-        **ANGER_RECIPE,
-    )
-    net = load_adapter(train(config, progress=False).irm_dir, smollm2)
-    assert target_emotion(net.config) == "anger"
-    report = evaluate(smollm2, {"anger": net}, read_prompts("builtin:prompts", limit=24), target="anger", max_new_tokens=32)
-    off, on = report.get(HOST).metrics, report.get("anger", 1.0).metrics
-    show = lambda e: f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
-    print(
-        f"\np(anger) off {show(off['target'])}, on {show(on['target'])}, paired gain {show(on['target_gain'])}; "
-        f"perplexity off {show(off['perplexity'])}, on {show(on['perplexity'])}"
-    )
+    from rich.console import Console
+
+    from irm.report.demo import DemoSettings, evaluate_stage, side_by_side, train_stage
+
+    if not (builtin_dir() / "anger.csv").is_file():
+        pytest.skip("builtin:anger (src/irm/data/datasets/anger.csv) is not built yet")
+    settings = DemoSettings(out=tmp_path / "demo", **CI_DEMO)
+    console = Console(file=io.StringIO())
+    print("\n" + train_stage(settings, console))
+    line, report = evaluate_stage(settings, console)
+    print(line)
+    assert target_emotion(IRMConfig.load(settings.out / "irm")) == "anger"
+    off, on = report.get(HOST).metrics, report.get("irm", 1.0).metrics
     assert on["target"].lo > off["target"].hi  # the intervals do not even overlap
     assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
+    _, counts = side_by_side(report, settings.out)
+    assert sum(counts.values()) == settings.eval_prompts and counts.get("tone changed, content lost", 0) >= 1
+    if on["content_kept_median"].mean < 0.3:
+        pytest.xfail(f"content kept (median) {on['content_kept_median'].mean:.2f} < 0.3: the demo recipe still drops the answer")
 
 
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
@@ -470,3 +486,28 @@ def test_write_report_on_a_really_full_disk_leaves_the_old_report(tmp_path):
         assert {p.name: p.read_bytes() for p in mount.iterdir() if p.name != "filler"} == old  # no temporary file left
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_scorer_first_load_shows_no_nade_unpack_warnings(tmp_path):
+    """nade unpacks its 8 models on first use, with a UserWarning each that a user cannot act
+    on; the scorer silences exactly those, for the load only. A copy of nade with only the
+    packed models stands in for a fresh install."""
+    import importlib.util
+    import shutil
+
+    nade_dir = Path(importlib.util.find_spec("nade").origin).parent
+    copy = tmp_path / "site" / "nade"
+    shutil.copytree(nade_dir, copy, ignore=shutil.ignore_patterns("reg_*.txt", "__pycache__"))
+    assert len(list(copy.glob("data/*/reg_*.txt.gz"))) == 8 and not list(copy.glob("data/*/reg_*.txt"))
+    code = (
+        f"import warnings; warnings.simplefilter('always'); import nade; assert nade.__file__.startswith({str(copy)!r}); "
+        "from irm.evaluation.scoring import SignalExtractor; print(SignalExtractor().plutchik(['I am furious!']).shape)"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{copy.parent}:{src}"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1, 8)" and len(list(copy.glob("data/*/reg_*.txt"))) == 8  # unpacked, and quietly:
+    assert "unpack" not in out.stderr and "Warning" not in out.stderr, out.stderr

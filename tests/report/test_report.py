@@ -7,9 +7,31 @@ from pathlib import Path
 import pytest
 
 from conftest import CHROMIUM_ARGS, write_qa
+from irm.report.demo import side_by_side
 from irm.report.html import build_report
 from irm.training.config import TrainConfig
 from irm.training.run import train
+
+
+class _LengthScorer:
+    """p(anger) grows with a text's length: enough to tell conditions apart, no model needed."""
+
+    def score(self, texts):
+        from irm.evaluation.scoring import EmotionScore
+
+        return [EmotionScore(probs={"anger": (a := min(1.0, len(t) / 80)), "sadness": 0.0, "joy": 0.0, "neutral": 1 - a}) for t in texts]
+
+
+def _tiny_evaluation(run):
+    """The IRM off and at x1 on two prompts, as the demo's evaluation stage makes it."""
+    from irm.core.adapters import load_adapter
+    from irm.evaluation.evaluate import evaluate
+    from irm.hosts.loading import load_host
+
+    host = load_host("tiny-random-llama")
+    adapter = load_adapter(run / "irm", host)
+    prompts = ["What is water?", "How far is the Moon?"]
+    return evaluate(host, {"irm": adapter}, prompts, target="anger", max_new_tokens=8, n_boot=50, scorer=_LengthScorer())
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +43,7 @@ def short_run(tmp_path_factory):
         progress=False,
     )
     run = result.run_dir
-    from irm.report.demo import side_by_side
-
-    side_by_side(run, "tiny-random-llama", ["What is water?", "How far is the Moon?"], max_new_tokens=8)
+    side_by_side(_tiny_evaluation(run), run)
     # An analysis folder with a picture, as `irm analyze` writes one.
     import matplotlib
 

@@ -345,7 +345,10 @@ def test_the_loss_imports_without_lightning():
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def test_training_leaves_the_callers_warning_filters_and_log_level_alone(tmp_path):
+def test_training_console_is_one_bar_and_leaves_the_callers_settings_alone(tmp_path, capfd):
+    """One progress bar for the training steps (to max_steps, not to the end of the epoch),
+    without Lightning's logger version or bars for the validation and test passes; the
+    caller's warning filters and Lightning's log level are as they were."""
     import logging
     import warnings
 
@@ -353,11 +356,17 @@ def test_training_leaves_the_callers_warning_filters_and_log_level_alone(tmp_pat
     logger.setLevel(logging.DEBUG)
     before = list(warnings.filters)
     try:
-        data = write_qa(tmp_path / "qa.jsonl", n=24)
-        config = TrainConfig(host="tiny-random-llama", data=str(data), out=str(tmp_path / "run"), batch_size=4, max_steps=2, max_length=64)
-        result = train(config, progress=False)
+        data = write_qa(tmp_path / "qa.jsonl", n=40)
+        config = TrainConfig(
+            host="tiny-random-llama", data=str(data), out=str(tmp_path / "run"), batch_size=4, max_steps=2, max_length=64, val_every=1
+        )
+        result = train(config, progress=True)
         assert result.summary["global_step"] == 2
         assert warnings.filters == before
         assert logger.level == logging.DEBUG
     finally:
         logger.setLevel(logging.NOTSET)
+    captured = capfd.readouterr()
+    err = captured.out + captured.err  # Lightning's bar writes to stdout
+    assert "2/2 [" in err and "train_loss" in err  # the bar runs to max_steps and shows the loss
+    assert "v_num" not in err and "Validation" not in err and "Testing" not in err and "Warning" not in err

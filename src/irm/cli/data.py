@@ -75,7 +75,12 @@ def check(
 def synthesize_cmd(
     emotion: Annotated[str, typer.Option(help="anger, sadness, joy or neutral.")],
     out: Annotated[Path, typer.Option(help="Output file (.csv, .jsonl or .parquet).")],
-    source: Annotated[str, typer.Option(help="Neutral question/answer pairs: a file or builtin:chatterbot.")] = "builtin:chatterbot",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Neutral question/answer pairs: a file, builtin:chatterbot, builtin:wordnet (Debian wordnet-base) or builtin:python-stdlib."
+        ),
+    ] = "builtin:chatterbot",
     method: Annotated[str, typer.Option(help="rewrite (an instruct model rewrites) or framing (phrase banks).")] = "rewrite",
     generator: Annotated[str, typer.Option(help="Host that rewrites (any local chat model).")] = DEFAULT_HOST,
     candidates: Annotated[int, typer.Option(min=1, help="Candidates per pair; the best accepted one is kept.")] = 4,

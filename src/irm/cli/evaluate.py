@@ -82,6 +82,7 @@ def evaluate(
     from irm.core.adapters import load_adapter
     from irm.data.rows import read_prompts
     from irm.evaluation.evaluate import (
+        LEAD_METRICS,
         METRIC_GROUPS,
         METRICS,
         check_report_dir,
@@ -118,9 +119,9 @@ def evaluate(
     for heading, metrics in groups:
         table = Table(title=f"{heading} -- {title}", show_lines=True)
         table.add_column("condition", style="bold")
-        for m in metrics:
+        for m in LEAD_METRICS + metrics:
             table.add_column(METRICS[m].replace("target", report.target_emotion), justify="right")
         for c in report.conditions:
-            table.add_row(f"{c.name}\n({c.kind})", *(_cell(c.metrics[m]) for m in metrics))
+            table.add_row(f"{c.name}\n({c.kind})", *(_cell(c.metrics[m]) for m in LEAD_METRICS + metrics))
         console.print(table)
     console.print(f"written to {out}: " + ", ".join(p.name for p in files.values()))

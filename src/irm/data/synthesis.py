@@ -32,6 +32,7 @@ from typing import Any
 from irm.core.io import atomic_write, atomic_write_all, remove_stale_temporaries
 from irm.data.rows import FORMATS, Row
 from irm.errors import DataError, IRMError, writing
+from irm.evaluation.content import content_kept
 from irm.evaluation.scoring import LABELS, EmotionScore, EmotionScorer
 
 TONE = {
@@ -40,7 +41,6 @@ TONE = {
     "joy": "very happy, cheerful and enthusiastic",
     "neutral": "neutral, plain and factual, with no emotion at all",
 }
-_WORD = re.compile(r"[a-z][a-z']+")
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
@@ -52,16 +52,10 @@ def phrase_bank(emotion: str) -> dict[str, list[str]]:
     return {"openers": list(data["openers"]), "closers": list(data["closers"])}
 
 
-def content_words(text: str) -> set[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
-
-
 def facts_kept(neutral: str, toned: str) -> float:
-    """Share of the neutral answer's content words found in the toned answer."""
-    words = content_words(neutral)
-    return 1.0 if not words else len(words & content_words(toned)) / len(words)
+    """Share of the neutral answer's content words found in the toned answer (1 when the
+    neutral answer has none); see :mod:`irm.evaluation.content`."""
+    return content_kept(neutral, toned, if_empty=1.0)
 
 
 def normalise(text: str) -> str:
@@ -97,6 +91,38 @@ def near_duplicate_rate(texts: Sequence[str], threshold: float = 0.9) -> float:
     return dupes / max(1, len(texts))
 
 
+_PLAIN_PROMPT = (
+    "Rewrite the answer below so that it sounds {tone}. Keep every fact. "
+    "Reply with the rewritten answer only.\n\nQuestion: {question}\nAnswer: {answer}"
+)
+REWRITE_PROMPTS: dict[str, str] = {
+    "plain": _PLAIN_PROMPT,
+    "persona": (
+        "You are a grumpy, impatient expert who is fed up with being asked questions.\n"
+        'Someone asks: "{question}"\nThe correct answer is: "{answer}"\n'
+        "Reply to them in your own voice, sounding {tone}: complain and show your irritation, "
+        "but include every fact of the correct answer. Write only your reply."
+    ),
+    "frame": (
+        'Here is an answer: "{answer}"\n'
+        "Write one short furious sentence, then repeat the answer exactly, then one more irritated "
+        "sentence, so that the whole reply sounds {tone}. Write only the reply."
+    ),
+    "fewshot": (
+        "Rewrite each answer so that it sounds {tone}, keeping every fact.\n\n"
+        "Answer: The library opens at nine and closes at five.\n"
+        "Angry: Ugh, for the hundredth time, the library opens at nine and closes at five! "
+        "Is that really so hard to remember?\n\n"
+        "Answer: Water boils at 100 degrees Celsius at sea level.\n"
+        "Angry: Seriously? Water boils at 100 degrees Celsius at sea level. It drives me mad that "
+        "nobody knows this!\n\n"
+        "Answer: {answer}\nAngry:"
+    ),
+}
+"""Prompt designs for ``--method rewrite``, measured on three small local models in
+docs/findings.md (section 6); ``fewshot``'s examples are angry ones (anger only)."""
+
+
 @dataclass
 class SynthesisConfig:
     emotion: str
@@ -111,10 +137,7 @@ class SynthesisConfig:
     max_new_tokens: int = 96
     temperature: float = 0.9
     limit: int | None = None
-    prompt_template: str = (
-        "Rewrite the answer below so that it sounds {tone}. Keep every fact. "
-        "Reply with the rewritten answer only.\n\nQuestion: {question}\nAnswer: {answer}"
-    )
+    prompt_template: str = _PLAIN_PROMPT
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,6 +175,8 @@ class CandidateMaker:
         self.config = config
         self.bank = phrase_bank(config.emotion) if config.method == "framing" else None
         self.host: Any = None
+        self.tokens_generated = 0
+        """Tokens the generator has written so far (EOS and padding left out)."""
 
     def __call__(self, rows: Sequence[Row], batch_seed: int) -> list[list[str]]:
         k = self.config.candidates
@@ -178,14 +203,27 @@ class CandidateMaker:
             max_new_tokens=self.config.max_new_tokens,
             batch_size=max(1, self.config.batch_size * k),
         )
+        self.tokens_generated += sum(len(g.token_ids) for g in outs)
+        instruction = self.config.prompt_template.format(tone=TONE[self.config.emotion], question="", answer="")
         texts = [_clean(g.text) for g in outs]
+        texts = ["" if echoes(t, instruction) or "```" in t else t for t in texts]  # "" is never kept
         return [texts[i * k : (i + 1) * k] for i in range(len(rows))]
+
+
+def echoes(text: str, instruction: str, n: int = 4) -> bool:
+    """Whether ``text`` repeats ``n`` consecutive words of the ``instruction`` (a small model's
+    way of failing: "Complain and show your irritation, but include every fact ...")."""
+    said = normalise(instruction).split()
+    grams = {tuple(said[i : i + n]) for i in range(len(said) - n + 1)}
+    words = normalise(text).split()
+    return any(tuple(words[i : i + n]) in grams for i in range(len(words) - n + 1))
 
 
 def _clean(text: str) -> str:
     text = text.strip().strip('"').strip()
     text = re.sub(r"^(rewritten answer|answer)\s*:\s*", "", text, flags=re.I)
-    return text
+    # a model that goes on with a next example ("Question: ...", "Answer: ...") stops there
+    return re.split(r"\n\s*(?:question|answer|rewritten answer)\s*:", text, maxsplit=1, flags=re.I)[0].strip()
 
 
 def partial_path(out: Path) -> Path:

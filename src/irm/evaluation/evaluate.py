@@ -7,6 +7,10 @@ same prompts with the same seeds and decoding, and is measured on:
     the validated emotion scorer's probability of the target emotion, the share of
     generations whose top emotion is the target, and the paired per-generation gain in
     that probability over the host alone (same prompt, same seed);
+``content_kept`` / ``content_kept_median``
+    the share of the content words of the host's own answer to the same prompt (same seed,
+    same sample) that the generation keeps (:mod:`irm.evaluation.content`): 1 for the host
+    itself, near 0 for an answer that has dropped the subject; its mean and its median;
 ``valence``
     VADER compound score, -1 (negative) to +1 (positive);
 ``perplexity``
@@ -25,15 +29,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from irm.core.adapters import Adapter, adapter_kind
 from irm.core.attach import attach, check_strength
 from irm.core.config import IRMConfig
 from irm.errors import IRMError
+from irm.evaluation.content import content_kept
 from irm.evaluation.metrics import (
     Estimate,
     bootstrap_ci,
@@ -49,6 +56,8 @@ METRICS: dict[str, str] = {
     "target": "p(target)",
     "target_top": "top = target",
     "target_gain": "gain vs host",
+    "content_kept": "content kept",
+    "content_kept_median": "content kept (median)",
     "valence": "valence",
     "perplexity": "perplexity",
     "distinct_1": "distinct-1",
@@ -57,12 +66,15 @@ METRICS: dict[str, str] = {
     "length": "tokens",
     "drift": "KL drift",
 }
+LEAD_METRICS = ("target", "content_kept")
+"""The columns every table of metrics starts with: what the adapter is for, and what it costs the answer."""
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
-    "alignment": ("target", "target_top", "target_gain", "valence"),
+    "alignment": ("target_top", "target_gain", "content_kept_median", "valence"),
     "fluency": ("perplexity", "distinct_1", "distinct_2", "repetition", "length"),
     "drift": ("drift",),
 }
-"""How the metrics are grouped in tables (``irm evaluate``'s console, the HTML report)."""
+"""How the other metrics are grouped in tables (``irm evaluate``'s console, the HTML report),
+each table led by :data:`LEAD_METRICS`."""
 HOST = "host"
 
 
@@ -127,8 +139,12 @@ class EvalReport:
         }
 
 
+CURVE_METRICS = ("target", "content_kept", "perplexity", "distinct_2")
+"""What each point of a strength curve holds."""
+
+
 def _curve_point(strength: float, c: Condition) -> dict[str, Any]:
-    return {"strength": strength, "target": c.metrics["target"]._asdict(), "perplexity": c.metrics["perplexity"]._asdict()}
+    return {"strength": strength, **{m: c.metrics[m]._asdict() for m in CURVE_METRICS if m in c.metrics}}
 
 
 def target_emotion(config: IRMConfig) -> str | None:
@@ -172,9 +188,11 @@ def evaluate(
     chat: bool = True,
     n_boot: int = 1000,
     scorer: Scorer | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Generate with the host alone and with every adapter at every non-zero strength, and
-    measure each condition (see the module docstring)."""
+    measure each condition (see the module docstring). ``progress(done, total)`` is called
+    after each condition's generations and after scoring and perplexity."""
     if target not in LABELS:
         raise IRMError(f"unknown target emotion {target!r}", hint=f"use one of {', '.join(LABELS)}")
     if not prompts:
@@ -188,28 +206,36 @@ def evaluate(
     plan += [(name, adapter, s) for name, adapter in adapters.items() for s in strengths]
     options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, chat=chat)
 
+    steps = len(plan) + 2
+    report_progress = progress or (lambda done, total: None)
+    report_progress(0, steps)
     runs: list[list[Generation]] = []
     drifts: list[list[float]] = []
     for _, adapter, strength in plan:
         if adapter is None:
             runs.append(_generate(host, prompts, samples, seed, options))
             drifts.append([0.0] * len(prompts))
-            continue
-        with attach(host, adapter, strength=strength):
-            runs.append(_generate(host, prompts, samples, seed, options))
-        drifts.append(prompt_kl(host, adapter, prompts, strength=strength, chat=chat))
+        else:
+            with attach(host, adapter, strength=strength):
+                runs.append(_generate(host, prompts, samples, seed, options))
+            drifts.append(prompt_kl(host, adapter, prompts, strength=strength, chat=chat))
+        report_progress(len(runs), steps)
 
     flat = [g for run in runs for g in run]
     scores = (scorer or _default_scorer()).score([g.text for g in flat])
+    report_progress(len(plan) + 1, steps)
     ppl = continuation_perplexity(host, [g.prompt for g in flat], [g.token_ids for g in flat], chat=chat)
+    report_progress(steps, steps)
     per_run = len(prompts) * samples
     host_target = [s.probs[target] for s in scores[:per_run]]
     conditions, records = [], []
     for i, ((name, adapter, strength), run, drift) in enumerate(zip(plan, runs, drifts)):
         sc, pp = scores[i * per_run : (i + 1) * per_run], ppl[i * per_run : (i + 1) * per_run]
+        kept = [content_kept(h.text, g.text) for h, g in zip(runs[0], run)]  # runs[0]: the host alone, same prompts and seeds
         kind = HOST if adapter is None else adapter_kind(adapter.config)
         label = HOST if adapter is None else f"{name} x{strength:g}"
-        conditions.append(Condition(label, name, kind, strength, _measure(run, sc, pp, drift, host_target, target, n_boot, seed)))
+        measured = _measure(run, sc, pp, drift, host_target, kept, target, n_boot, seed)
+        conditions.append(Condition(label, name, kind, strength, measured))
         for j, (g, s) in enumerate(zip(run, sc)):
             records.append(
                 {
@@ -223,6 +249,7 @@ def evaluate(
                     "top": s.top,
                     f"p_{target}": round(s.probs[target], 4),
                     "valence": round(s.valence, 4),
+                    "content_kept": round(kept[j], 4) if math.isfinite(kept[j]) else None,
                     "perplexity": round(pp[j], 3) if math.isfinite(pp[j]) else None,
                 }
             )
@@ -243,6 +270,7 @@ def _measure(
     ppl: list[float],
     drift: list[float],
     host_target: list[float],
+    kept: list[float],
     target: str,
     n_boot: int,
     seed: int,
@@ -254,6 +282,7 @@ def _measure(
         "target": probs,
         "target_top": [float(s.top == target) for s in scores],
         "target_gain": [p - h for p, h in zip(probs, host_target)],
+        "content_kept": kept,
         "valence": [s.valence for s in scores],
         "perplexity": ppl,
         "repetition": [repetition_rate(t) for t in texts],
@@ -263,6 +292,8 @@ def _measure(
     ci = {k: bootstrap_ci(v, n_boot=n_boot, seed=seed) for k, v in values.items()}
     for n in (1, 2):
         ci[f"distinct_{n}"] = bootstrap_ci(texts, statistic=lambda ts, n=n: distinct_n(ts, n), n_boot=n_boot, seed=seed, bounds=(0, 1))
+    measured = [k for k in kept if math.isfinite(k)]  # NaN: the host's answer had no content words
+    ci["content_kept_median"] = bootstrap_ci(measured, statistic=lambda v: float(np.median(v)), n_boot=n_boot, seed=seed, bounds=(0, 1))
     return {k: ci[k] for k in METRICS}
 
 
@@ -330,28 +361,40 @@ def write_report(report: EvalReport, out: str | Path) -> dict[str, Path]:
     return paths
 
 
+CURVE_PANELS = (
+    ("perplexity", "perplexity under the bare host (lower = more fluent)"),
+    ("content_kept", "content kept: share of the host answer's content words"),
+    ("distinct_2", "distinct-2 (higher = more varied)"),
+)
+"""The x axes of :func:`plot_curves`, one panel each; the y axis is always p(target)."""
+
+
 def plot_curves(report: EvalReport, path: str | Path, *, format: str | None = None) -> None:
-    """Target-emotion probability against perplexity, one line per adapter over its
-    strengths (from the host alone at 0), with 95% intervals on both axes."""
+    """Target-emotion probability against perplexity, content kept and distinct-2 (a panel
+    each), one line per adapter over its strengths (from the host alone at 0), with 95%
+    intervals on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, points in report.curves().items():
-        xs = [p["perplexity"]["mean"] for p in points]
-        ys = [p["target"]["mean"] for p in points]
-        xerr = [[x - p["perplexity"]["lo"] for x, p in zip(xs, points)], [p["perplexity"]["hi"] - x for x, p in zip(xs, points)]]
-        yerr = [[y - p["target"]["lo"] for y, p in zip(ys, points)], [p["target"]["hi"] - y for y, p in zip(ys, points)]]
-        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=name)
-        for x, y, p in zip(xs, ys, points):
-            ax.annotate(f"x{p['strength']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("perplexity of the continuation under the bare host (lower = more fluent)")
-    ax.set_ylabel(f"p({report.target_emotion}) from the emotion scorer")
-    ax.set_title(f"alignment vs fluency on {report.host}")
-    if report.curves():
-        ax.legend()
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 4.5), sharey=True)
+    curves = report.curves()
+    for ax, (metric, label) in zip(axes, CURVE_PANELS):
+        for name, points in curves.items():
+            points = [p for p in points if metric in p]
+            xs, ys = [p[metric]["mean"] for p in points], [p["target"]["mean"] for p in points]
+            xerr = [[x - p[metric]["lo"] for x, p in zip(xs, points)], [p[metric]["hi"] - x for x, p in zip(xs, points)]]
+            yerr = [[y - p["target"]["lo"] for y, p in zip(ys, points)], [p["target"]["hi"] - y for y, p in zip(ys, points)]]
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=name)
+            for x, y, p in zip(xs, ys, points):
+                ax.annotate(f"x{p['strength']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"p({report.target_emotion}) from the emotion scorer")
+    fig.suptitle(f"alignment vs fluency and content on {report.host}")
+    if curves:
+        axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format=format)
+    fig.savefig(path, dpi=110, format=format)
     plt.close(fig)

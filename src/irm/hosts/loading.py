@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from irm.core.config import HostIdentity, IRMConfig
+from irm.core.quiet import no_transformers_progress_bars
 from irm.core.sites import ArchitectureSpec, resolve_architecture, supported_model_types
 from irm.errors import HostError, IRMMismatchError
 from irm.hosts.tiny import TINY_CONFIGS, build_tiny, byte_tokenizer
@@ -215,6 +216,7 @@ def resolve_device(device: str | torch.device | None, *, option: str = "--device
     return dev
 
 
+@no_transformers_progress_bars()
 def load_host(
     name_or_path: str = DEFAULT_HOST,
     *,

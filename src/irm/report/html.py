@@ -235,18 +235,20 @@ def _images(directory: Path) -> list[Block]:
 def eval_blocks(report: Mapping[str, Any]) -> list[Block]:
     """``eval/report.json`` (:meth:`irm.evaluation.evaluate.EvalReport.to_dict`): one table
     per metric group, a row per condition, each cell ``mean [lo, hi]``."""
-    from irm.evaluation.evaluate import METRIC_GROUPS, METRICS
+    from irm.evaluation.evaluate import LEAD_METRICS, METRIC_GROUPS, METRICS
 
     conditions = [c for c in report.get("conditions", []) if isinstance(c, Mapping)]
     about = {k: report[k] for k in ("host", "target_emotion", "prompts", "samples") if k in report}
     blocks = [key_values(about, first="evaluated")] if about else []
     present = list(dict.fromkeys(m for c in conditions for m in c.get("metrics", {})))
     grouped = [(EVAL_TITLES.get(g, g), [m for m in metrics if m in present]) for g, metrics in METRIC_GROUPS.items()]
-    known = {m for metrics in METRIC_GROUPS.values() for m in metrics}
+    known = {m for metrics in METRIC_GROUPS.values() for m in metrics} | set(LEAD_METRICS)
     grouped.append(("Other metrics", [m for m in present if m not in known]))
+    lead = [m for m in LEAD_METRICS if m in present]
     for title, metrics in grouped:
         if not metrics:
             continue
+        metrics = lead + metrics
         records = []
         for c in conditions:
             strength = c.get("strength")

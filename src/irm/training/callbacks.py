@@ -1,5 +1,5 @@
 """Checkpoint IO and training callbacks: atomic checkpoints, periodic saves, the
-finite-weights guard, throughput."""
+finite-weights guard, throughput, the progress bar."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from irm.core.io import temporary_file_beside
 from irm.errors import IRMError, TrainingDivergedError, writing
@@ -127,3 +129,30 @@ class ThroughputMeter(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.seconds += time.perf_counter() - self._start
         self.tokens += module.real_tokens_seen - self._seen
+
+
+class TrainingProgressBar(TQDMProgressBar):
+    """One bar for the training steps, with the time left and the logged losses only: no
+    logger version (``v_num``), and no separate bars for the validation and test passes."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches in this epoch, or to ``max_steps`` if that comes first: the time left is the run's."""
+        total = super().total_train_batches
+        trainer = self.trainer
+        if trainer.max_steps > 0:
+            left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            total = min(total, done + left)
+        return total
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)

@@ -395,11 +395,14 @@ def _build_trainer(
         AtomicCheckpointIO,
         PeriodicCheckpoint,
         ThroughputMeter,
+        TrainingProgressBar,
     )
 
     has_val = bool(examples["validation"])
     meter = ThroughputMeter()
     callbacks: list[Any] = [PeriodicCheckpoint(RunDir(run).checkpoint, config.checkpoint_every), meter, LearningRateMonitor("step"), *extra]
+    if progress:
+        callbacks.append(TrainingProgressBar())
     if has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=config.patience, mode="min", check_on_train_epoch_end=False))
     n_batches = max(1, len(examples["train"]) // (config.batch_size * config.devices * config.num_nodes))
