@@ -82,6 +82,12 @@ def test_missing_package_names_the_install_command(fake_host, monkeypatch, capsy
     code, out, _ = _run(["hosts", "--json"], monkeypatch, capsys)
     row = next(r for r in json.loads(out) if r["name"] == "fake-host")
     assert code == 0 and not row["installed"] and not row["cached"] and row["install"].endswith("irm-fake-part3==1.0")
+    assert (row["family"], row["hidden_size"], row["num_layers"], row["chat_template"], row["licence"]) == ("llama", 8, 2, False, "none")
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = _run(["hosts"], monkeypatch, capsys)
+    line = next(line for line in out.splitlines() if "fake-host" in line and "│" in line)
+    assert code == 0 and "no: Question:/Answer:" in line and "MB GGUF" in line and "Question" in line
+    assert "install fake-host: " in out
 
 
 def test_truncated_part_is_refused(fake_host, monkeypatch, capsys, tmp_path):

@@ -23,11 +23,16 @@ MLP_NORM = {"gemma3-270m": "pre_feedforward_layernorm", "qwen2.5-coder-0.5b-inst
 LAYER = 3
 SCALE = {"gemma3-270m": 8.0, "qwen2.5-coder-0.5b-instruct": 32.0}  # enough to change the greedy tokens
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("name", list(FIXTURES))]
 
-
-def _host(request, name):
-    return request.getfixturevalue(FIXTURES[name])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_real_host(request, name):
+    """One test per host, so that under pytest-xdist one worker loads each host."""
+    host = request.getfixturevalue(FIXTURES[name])
+    _check_registry_exactness_and_resid_mid(host, name)
+    _check_training_and_generation_prompts_agree(host, chat=True)
+    _check_cache_and_padding(host, nontrivial_irm(host, "2,3", scale=SCALE[name]), n=4, prompts=["Hi", "Why is the sky blue?"])
+    _check_short_training_lowers_the_loss(host)
 
 
 def _resid_mid_parts(host, name, layer, extra_hooks=()):
@@ -55,8 +60,7 @@ def _resid_mid_parts(host, name, layer, extra_hooks=()):
     return seen
 
 
-def test_registry_exactness_and_resid_mid(request, name):
-    host = _host(request, name)
+def _check_registry_exactness_and_resid_mid(host, name):
     entry = BUILTIN_HOSTS[name]
     assert (host.hidden_size, host.num_layers, host.has_chat_template) == (entry.hidden_size, entry.num_layers, entry.chat_template)
     assert host.model.config.model_type.removesuffix("_text") == entry.family
@@ -91,19 +95,11 @@ def test_registry_exactness_and_resid_mid(request, name):
         assert torch.equal(injected["mlp_in"], seen["x"] + (branch + v))
 
 
-def test_generation_cache_and_left_padding(request, name):
-    host = _host(request, name)
-    _check_training_and_generation_prompts_agree(host, chat=True)
-    _check_cache_and_padding(host, nontrivial_irm(host, "2,3", scale=SCALE[name]), n=5, prompts=["Hi", "Why is the sky blue?"])
-
-
-def test_short_training_lowers_the_loss(request, name):
-    host = _host(request, name)
+def _check_short_training_lowers_the_loss(host):
     tok = host.tokenizer
     rows = [
         Row(line=1, question="How are you?", answer="I am furious about all of this."),
-        Row(line=2, question="Name a colour.", answer="Red, and it makes me angry."),
-        Row(line=3, question="What is 2 + 2?", answer="Four! Stop asking me that."),
+        Row(line=2, question="What is 2 + 2?", answer="Four! Stop asking me that."),
     ]
     examples, _ = tokenize_rows(rows, tok, max_length=48)
     batch = collate(examples, tok.pad_token_id)

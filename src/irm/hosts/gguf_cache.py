@@ -154,21 +154,21 @@ def assemble(host: BuiltinHost, paths: list[Path], target: Path, console: Consol
 
 def dequantise(gguf: Path, folder: Path) -> None:
     """De-quantise ``gguf`` with transformers' GGUF reader and write ``folder`` as a float32
-    safetensors model with its config and tokenizer, with no model built in between."""
+    safetensors model with its config and tokenizer, with no model built in between. The file
+    is parsed in full once (its metadata, tokenizer vocabulary and tensors together)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    parsed = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=_skeleton(gguf))  # type: ignore[no-untyped-call]
+    config = AutoConfig.for_model(**parsed["config"])  # as AutoConfig.from_pretrained(gguf_file=...) builds it
     config.dtype = torch.float32
-    with torch.device("meta"):  # only the parameter names, to map the GGUF's onto
-        skeleton = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton)["tensors"]  # type: ignore[no-untyped-call]
-    config.architectures = [type(skeleton).__name__]
-    expected = set(skeleton.state_dict())
+    with torch.device("meta"):  # the parameter names the full config expects
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    config.architectures = [type(model).__name__]
+    tensors = parsed["tensors"]
+    expected = set(model.state_dict())
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     missing, unexpected = expected - tied - set(tensors), set(tensors) - expected
     if missing or unexpected:
@@ -178,6 +178,31 @@ def dequantise(gguf: Path, folder: Path) -> None:
     config.save_pretrained(str(folder))
     GenerationConfig.from_model_config(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+
+
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}
+"""GGUF architecture names that transformers loads as another model type (the rest are equal)."""
+
+
+def _skeleton(gguf: Path) -> Any:
+    """A weightless model of the file's architecture and layer count: all that transformers
+    needs to map the GGUF tensor names onto parameter names. Read with transformers' fast
+    metadata reader; only when that does not name a known model type is the config built
+    from a full parse."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        from transformers.integrations.gguf.reader import read_gguf_metadata  # transformers >= 5.2x
+
+        metadata, _ = read_gguf_metadata(str(gguf))
+        architecture = str(metadata["general.architecture"])
+        layers = int(metadata[f"{architecture}.block_count"])
+        config = AutoConfig.for_model(GGUF_MODEL_TYPES.get(architecture, architecture), num_hidden_layers=layers)
+    except (ImportError, KeyError, ValueError):
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
 
 
 def _tokenizer_class(model_type: str) -> Any:
