@@ -21,6 +21,9 @@ FIXTURES = {"gemma3-270m": "gemma3_270m", "qwen2.5-coder-0.5b-instruct": "qwen_0
 # post_attention_layernorm, and its attention output is added to the residual un-normed
 MLP_NORM = {"gemma3-270m": "pre_feedforward_layernorm", "qwen2.5-coder-0.5b-instruct": "post_attention_layernorm"}
 LAYER = 3
+# where " Paris" ranks after "The capital of France is" (checked once on the converted weights:
+# Qwen continues with it; base Gemma 3 270M prefers " the" 19% and " a" 11%, then " Paris" 8%)
+PARIS_RANK = {"gemma3-270m": 2, "qwen2.5-coder-0.5b-instruct": 0}
 SCALE = {"gemma3-270m": 8.0, "qwen2.5-coder-0.5b-instruct": 32.0}  # enough to change the greedy tokens
 
 
@@ -68,6 +71,10 @@ def _check_registry_exactness_and_resid_mid(host, name):
         assert prompt_text(host.tokenizer, "Hi") == PLAIN_TEMPLATE.format(question="Hi")
     enc = encode_prompts(host, ["The capital of France is", "Why is the sky blue?"])  # left-padded
     with torch.no_grad():
+        text = host.tokenizer("The capital of France is", return_tensors="pt")
+        logits = host.model(**text).logits[0, -1]
+        paris = host.tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+        assert int((logits > logits[paris]).sum()) == PARIS_RANK[name]
         bare = host.model(**enc).logits
         with irm.attach(host, irm.IRM.for_host(host, "all")):  # zero-initialised output layer
             assert (host.model(**enc).logits - bare).abs().max().item() == 0.0

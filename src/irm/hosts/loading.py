@@ -36,6 +36,7 @@ from irm.core.sites import ArchitectureSpec, resolve_architecture, supported_mod
 from irm.errors import HostError, IRMMismatchError
 from irm.hosts import gguf_cache
 from irm.hosts.builtin import BUILTIN_HOSTS, DEFAULT_HOST
+from irm.hosts.gguf_cache import cache_dir as cache_dir  # the cache root, for what else keeps files there
 from irm.hosts.tiny import TINY_CONFIGS, build_tiny, byte_tokenizer
 
 
