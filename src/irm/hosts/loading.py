@@ -6,7 +6,7 @@ Built-in names:
     Real models shipped as GGUF files in pip packages (:mod:`irm.hosts.builtin` lists them).
     The first load checks and de-quantises the file and caches a safetensors copy under
     ``$IRM_CACHE`` (default ``~/.cache/irm``, see :mod:`irm.hosts.gguf_cache`); later loads
-    take about a second.
+    take a few seconds.
 ``tiny-random-*``
     Random-weight hosts of every supported architecture (see :mod:`irm.tiny_hosts`).
 
