@@ -554,7 +554,7 @@ def markdown(results: dict) -> str:
             f"tokens/s ({c['speedup']:.2f}x) after a first step of {c['compiled']['first_step_seconds']:.0f} s",
             "",
         ]
-    if "real_hosts" in results:
+    if results.get("real_hosts"):
         lines += [
             "## Real hosts: training (chatterbot Q/A, batch 8, paper IRM on all layers) and generation (batch 4, greedy)",
             "",
