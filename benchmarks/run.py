@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only in (None, "real-hosts"):
         names = args.real_hosts.split(",") if args.real_hosts else ([] if args.quick else installed_real_hosts())
         results["real_hosts"] = {
-            name: bench_real_host(name, steps=2 if args.quick else 8, new_tokens=4 if args.quick else 24, reps=1 if args.quick else 3)
+            name: bench_real_host(name, steps=2 if args.quick else 8, new_tokens=4 if args.quick else 24, reps=1 if args.quick else 5)
             for name in names
         }
     if args.only == "compile":
