@@ -114,7 +114,7 @@ def test_damaged_part_fails_the_checksum(fake_host, tmp_path):
 
 def test_unreadable_file_leaves_nothing_in_the_cache(fake_host, tmp_path):
     host, _ = fake_host  # the parts are intact, but they are no GGUF file
-    (tmp_path / "cache" / "hosts").mkdir(parents=True)  # a cache other hosts already use
+    (tmp_path / "cache" / "hosts" / ".fake-host-killed").mkdir(parents=True)  # what a kill -9 mid-conversion leaves
     with pytest.raises(HostError, match="cannot de-quantise the GGUF file of host fake-host"):
         gguf_cache.prepare(host)
     assert [p.name for p in (tmp_path / "cache" / "hosts").iterdir()] == ["fake-host.lock"]

@@ -13,6 +13,7 @@ model the GGUF file describes and a float32 load computes with it unchanged.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import json
@@ -242,6 +243,9 @@ def prepare(host: BuiltinHost, console: Console | None = None) -> Path:
 def _convert(host: BuiltinHost, paths: list[Path], target: Path, console: Console) -> None:
     import transformers
 
+    for stale in target.parent.glob(glob.escape(f".{host.name}-") + "*"):  # left by a killed conversion (we hold its lock)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{host.name}-", dir=target.parent))
     try:
         gguf = tmp / "model.gguf"
