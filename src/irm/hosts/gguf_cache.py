@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from irm.core.io import current_umask, outermost_missing
-from irm.errors import HostError
+from irm.errors import HostError, writing
 from irm.hosts.builtin import BuiltinHost
 
 MODEL_FILE = "model.safetensors"
@@ -228,11 +228,12 @@ def prepare(host: BuiltinHost, console: Console | None = None) -> Path:
     paths = locate_parts(host)
     verify_parts(host, paths, console)  # before anything is written
     made = outermost_missing(target.parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(str(target) + ".lock"):
-            if not is_cached(host):
-                _convert(host, paths, target, console)
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(target) + ".lock"):
+                if not is_cached(host):
+                    _convert(host, paths, target, console)
     except BaseException:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
@@ -248,26 +249,27 @@ def _convert(host: BuiltinHost, paths: list[Path], target: Path, console: Consol
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{host.name}-", dir=target.parent))
     try:
-        gguf = tmp / "model.gguf"
-        assemble(host, paths, gguf, console)
-        console.print(f"[bold]irm[/]: de-quantising {host.name} to float32 safetensors under {target} (once)")
-        try:
-            dequantise(gguf, tmp)
-        except HostError:
-            raise
-        except Exception as exc:  # the GGUF reader raises many kinds (ValueError, struct.error, KeyError ...)
-            raise HostError(
-                f"cannot de-quantise the GGUF file of host {host.name} ({type(exc).__name__}: {exc})",
-                hint="the file matched its pinned sha256, so this transformers version cannot read it; "
-                "use the transformers version in pyproject.toml",
-            ) from exc
-        gguf.unlink()
-        source = {"packages": list(host.packages), "sha256": host.sha256, "dtype": "float32", "transformers": transformers.__version__}
-        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp made it private; the cache is as shared as any folder
-        if target.exists():  # an incomplete folder from an older irm
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with writing(target):  # a full disk or a read-only cache: a message, not a traceback
+            gguf = tmp / "model.gguf"
+            assemble(host, paths, gguf, console)
+            console.print(f"[bold]irm[/]: de-quantising {host.name} to float32 safetensors under {target} (once)")
+            try:
+                dequantise(gguf, tmp)
+            except (HostError, OSError):
+                raise
+            except Exception as exc:  # the GGUF reader raises many kinds (ValueError, struct.error, KeyError ...)
+                raise HostError(
+                    f"cannot de-quantise the GGUF file of host {host.name} ({type(exc).__name__}: {exc})",
+                    hint="the file matched its pinned sha256, so this transformers version cannot read it; "
+                    "use the transformers version in pyproject.toml",
+                ) from exc
+            gguf.unlink()
+            source = {"packages": list(host.packages), "sha256": host.sha256, "dtype": "float32", "transformers": transformers.__version__}
+            (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+            tmp.chmod(0o777 & ~current_umask())  # mkdtemp made it private; the cache is as shared as any folder
+            if target.exists():  # an incomplete folder from an older irm
+                shutil.rmtree(target)
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
