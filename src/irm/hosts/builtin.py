@@ -149,3 +149,7 @@ BUILTIN_HOSTS: dict[str, BuiltinHost] = {
 }
 
 DEFAULT_HOST = "smollm2-135m-instruct"
+
+
+if __name__ == "__main__":  # `python src/irm/hosts/builtin.py NAME...`: the pinned packages, for the Makefile
+    print(" ".join(package for name in sys.argv[1:] for package in BUILTIN_HOSTS[name].packages))
