@@ -38,7 +38,7 @@ def test_real_host(request, name):
     _check_short_training_lowers_the_loss(host)
 
 
-def _resid_mid_parts(host, name, layer, extra_hooks=()):
+def _resid_mid_parts(host, name, layer):
     """One forward pass that captures, at ``layer``: its input, the keyword arguments its
     attention got, the attention output, the input of the MLP's norm and what a resid_mid
     reader sees."""
@@ -54,8 +54,6 @@ def _resid_mid_parts(host, name, layer, extra_hooks=()):
     enc = encode_prompts(host, ["The capital of France is", "Hi"])
     try:
         with reading_sites(host.spec, host.model, [(index, "resid_mid")], lambda i, s, r: seen.update(read=r.clone())):
-            for hook in extra_hooks:
-                hook()
             host.model(**enc, use_cache=False)
     finally:
         for handle in handles:
