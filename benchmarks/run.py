@@ -248,6 +248,80 @@ def bench_training_smollm2(steps: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- real hosts
+def fp32_matmul_flops_per_second(sizes: tuple[int, ...] = (512, 1024, 2048), reps: int = 5) -> float:
+    """This machine's fp32 matmul rate with the current torch threads: the best, over square
+    sizes, of the median time of ``reps`` products (2 n^3 FLOPs each)."""
+    best = 0.0
+    for n in sizes:
+        gen = torch.Generator().manual_seed(n)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        torch.mm(a, b)  # warm-up
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        best = max(best, 2 * n**3 / statistics.median(times))
+    return best
+
+
+def installed_real_hosts() -> list[str]:
+    from irm.hosts import gguf_cache
+    from irm.hosts.builtin import BUILTIN_HOSTS
+
+    return [name for name, host in BUILTIN_HOSTS.items() if gguf_cache.is_installed(host)]
+
+
+def bench_real_host(name: str, steps: int, new_tokens: int, reps: int) -> dict:
+    """One real host: training real tokens/s on chatterbot Q/A (batch 8, pad to longest,
+    length-grouped, the paper IRM on all layers), its model FLOP/s and CPU MFU against the
+    fp32 matmul rate measured between the training steps (median); generation off/on ratios."""
+    from irm.data.rows import IGNORE_INDEX, LengthGroupedBatches
+
+    host = irm.load_host(name, device="cpu", dtype="float32")
+    examples, _ = tokenize_rows(_chatterbot_rows(steps * 8 * 2), host.tokenizer, max_length=128)
+    grouped = LengthGroupedBatches([len(e.input_ids) for e in examples], 8, seed=0)
+    batches = [collate([examples[i] for i in b], host.tokenizer.pad_token_id) for b in grouped]
+    used = [batches[i % len(batches)] for i in range(1, steps + 1)]  # the timed steps (_train_steps skips step 0)
+    real = sum(int(b["attention_mask"].sum()) for b in used)
+    targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in used)
+    # causal attention: a query at position p attends to p + 1 keys; the mean over real tokens
+    context = sum(int(m.sum()) * (int(m.sum()) + 1) / 2 for b in used for m in b["attention_mask"]) / real
+    net = irm.IRM.for_host(host, "all", seed=0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    # the matmul rate measured between the training steps, so that a busy machine slows both alike
+    seconds, rates = 0.0, [fp32_matmul_flops_per_second(reps=3)]
+    for i in range(steps + 1):  # the first step is warm-up
+        start = time.perf_counter()
+        _irm_step(host, net, opt, batches[i % len(batches)])
+        if i:
+            seconds += time.perf_counter() - start
+        rates.append(fp32_matmul_flops_per_second(reps=3))
+    flops_per_token = training_flops(host.model.config, net.config, context=round(context), head_fraction=targets / real)
+    achieved = real / seconds * flops_per_token
+    matmul = statistics.median(rates)
+    training = {
+        "steps": steps,
+        "batch": 8,
+        "real_tokens": real,
+        "mean_length": real / sum(int(b["input_ids"].shape[0]) for b in used),
+        "target_share": targets / real,
+        "real_tokens_per_second": real / seconds,
+        "seconds_per_step": seconds / steps,
+        "flops_per_token": flops_per_token,
+        "achieved_gflops": achieved / 1e9,
+        "fp32_matmul_gflops": {"median": matmul / 1e9, "min": min(rates) / 1e9, "max": max(rates) / 1e9},
+        "cpu_mfu": achieved / matmul,
+    }
+    del host, net
+    return {
+        "host": name,
+        "training": training,
+        "generation": bench_generation(name, new_tokens=new_tokens, reps=reps, batch=4),
+    }
+
+
 # ---------------------------------------------------------------------------- large hosts
 # Llama-2-7B's shape (random weights: the speed of a forward pass does not depend on them).
 LARGE_SHAPES = {
@@ -485,6 +559,23 @@ def markdown(results: dict) -> str:
             f"tokens/s ({c['speedup']:.2f}x) after a first step of {c['compiled']['first_step_seconds']:.0f} s",
             "",
         ]
+    if results.get("real_hosts"):
+        lines += [
+            "## Real hosts: training (chatterbot Q/A, batch 8, paper IRM on all layers) and generation (batch 4, greedy)",
+            "",
+            "| host | training real tokens/s | model GFLOP/s | fp32 matmul GFLOP/s | CPU MFU | generation tokens/s (bare) "
+            "| IRM off / bare | IRM on / bare | on target |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in results["real_hosts"].items():
+            t, g = r["training"], r["generation"]
+            matmul = t["fp32_matmul_gflops"]["median"]
+            lines.append(
+                f"| {name} | {t['real_tokens_per_second']:.0f} | {t['achieved_gflops']:.1f} | {matmul:.1f} | {t['cpu_mfu']:.1%} "
+                f"| {g['tokens_per_second']['bare']:.1f} | {g['ratio_vs_bare']['irm_off']:.3f} | {g['ratio_vs_bare']['irm_on']:.3f} "
+                f"| <= {g['target_on']:.3f} |"
+            )
+        lines.append("")
     if "large" in results:
         g = results["large"]
         lines += [
@@ -518,10 +609,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for the test suite")
     parser.add_argument(
         "--only",
-        choices=["generation", "training", "large", "compile"],
+        choices=["generation", "training", "large", "compile", "real-hosts"],
         help="run one part (compile: eager vs torch.compile training, only when asked for)",
     )
     parser.add_argument("--host", default="smollm2-135m-instruct", help="host for the generation benchmark")
+    parser.add_argument(
+        "--real-hosts",
+        default=None,
+        help="comma-separated built-in real hosts for the real-host part (default: every installed one; none with --quick)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--large-shape",
@@ -557,6 +653,12 @@ def main(argv: list[str] | None = None) -> dict:
         results["training_tiny"] = bench_training_tiny(steps=2 if args.quick else 10)
         if not args.quick:
             results["training_smollm2"] = bench_training_smollm2(steps=8)
+    if args.only in (None, "real-hosts"):
+        names = args.real_hosts.split(",") if args.real_hosts else ([] if args.quick else installed_real_hosts())
+        results["real_hosts"] = {
+            name: bench_real_host(name, steps=2 if args.quick else 8, new_tokens=4 if args.quick else 24, reps=1 if args.quick else 5)
+            for name in names
+        }
     if args.only == "compile":
         results["compile"] = bench_compile(steps=2 if args.quick else 10)
     cuda = torch.cuda.is_available()

@@ -26,6 +26,22 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m():
+    """The real Gemma 3 270M (base, no chat template), from its pip packages (`make hosts-small`)."""
+    import irm
+
+    return irm.load_host("gemma3-270m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen_05b():
+    """The real Qwen2.5-Coder-0.5B-Instruct (ChatML), from its pip packages (`make hosts-small`)."""
+    import irm
+
+    return irm.load_host("qwen2.5-coder-0.5b-instruct", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_llama():
     import irm
 

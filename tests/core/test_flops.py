@@ -17,6 +17,9 @@ def test_flops_equal_a_hand_count_on_the_tiny_llama(tiny_llama):
     irm_hand = 2 * (64 * 192 + 3 * 192 * 192 + 192 * 256)
     assert irm_flops(net.config) == irm_hand
     assert training_flops(config, net.config, context=10) == 2 * linear + 3 * attention + 3 * irm_hand
+    # the LM head (64 x 259, forward and activation backward) only where a target token is
+    head = 2 * 2 * 64 * 259
+    assert training_flops(config, net.config, context=10, head_fraction=0.25) == 2 * linear + 3 * attention + 3 * irm_hand - 0.75 * head
     low = irm.IRM.for_host(tiny_llama, "all", rank=8)
     assert irm_flops(low.config) == 2 * (64 * 192 + 3 * 192 * 192 + 192 * 8 + 8 * 256)
 

@@ -14,20 +14,20 @@ def _greedy(host, prompts, use_cache, n=12):
     return [g.token_ids for g in irm.generate(host, prompts, max_new_tokens=n, use_cache=use_cache)]
 
 
-def _check_cache_and_padding(host, net, n=12):
-    bare = _greedy(host, PROMPTS, True, n)
+def _check_cache_and_padding(host, net, n=12, prompts=PROMPTS):
+    bare = _greedy(host, prompts, True, n)
     with irm.attach(host, net):
-        cached = _greedy(host, PROMPTS, True, n)
-        uncached = _greedy(host, PROMPTS, False, n)
-        single = [_greedy(host, [p], True, n)[0] for p in PROMPTS]
+        cached = _greedy(host, prompts, True, n)
+        uncached = _greedy(host, prompts, False, n)
+        single = [_greedy(host, [p], True, n)[0] for p in prompts]
     assert cached != bare, "the IRM must change the greedy tokens for this test to mean anything"
     assert cached == uncached
     if single != cached:
         # A flipped near-tie from different padding: the logits must still agree closely.
-        for prompt in PROMPTS:
+        for prompt in prompts:
             enc_one = encode_prompts(host, [prompt])
-            enc_all = encode_prompts(host, PROMPTS)
-            row = PROMPTS.index(prompt)
+            enc_all = encode_prompts(host, prompts)
+            row = prompts.index(prompt)
             with irm.attach(host, net), torch.no_grad():
                 one = host.model(**enc_one).logits[0, -1]
                 batch = host.model(**enc_all).logits[row, -1]
@@ -85,7 +85,11 @@ def _check_training_and_generation_prompts_agree(host, chat):
         fed = [i for i, m in zip(ids, mask) if m]  # left padding removed
         assert fed == _prompt_part(example) == prompt_ids(tok, row.question, chat=chat)
         # BOS exactly once at the start: never doubled (a chat template may reuse the BOS token,
-        # SmolLM2's <|im_start|>, to open every turn); the plain format has it only there
+        # SmolLM2's <|im_start|>, to open every turn); the plain format has it only there; a
+        # template that writes no BOS (Qwen's ChatML) gets none added
+        if chat and host.has_chat_template and not format_prompt(host, row.question).startswith(tok.bos_token):
+            assert tok.bos_token_id not in fed
+            continue
         assert fed[0] == tok.bos_token_id and fed[1] != tok.bos_token_id
         if not (chat and host.has_chat_template):
             assert fed.count(tok.bos_token_id) == 1
@@ -107,3 +111,36 @@ def test_tiny_training_and_generation_prompts_are_the_same_ids(name, chat):
 def test_smollm2_training_and_generation_prompts_are_the_same_ids(smollm2, chat):
     assert smollm2.has_chat_template
     _check_training_and_generation_prompts_agree(smollm2, chat)
+
+
+def test_compare_says_which_prompt_format(tmp_path, monkeypatch, capsys, tiny_llama):
+    import json
+    import sys
+
+    import irm.cli
+
+    nontrivial_irm(tiny_llama).save_pretrained(tmp_path / "irm")
+    base = [
+        "irm",
+        "generate",
+        "--host",
+        "tiny-random-llama",
+        "--irm",
+        str(tmp_path / "irm"),
+        "--compare",
+        "-p",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]
+    outputs = []
+    for extra in (["--json"], []):
+        monkeypatch.setattr(sys, "argv", base + extra)
+        with pytest.raises(SystemExit) as done:
+            irm.cli.main()
+        assert done.value.code == 0
+        outputs.append(capsys.readouterr().out)
+    rows = json.loads(outputs[0])
+    assert rows[0]["prompt_format"] == "Question:/Answer: (tiny-random-llama has no chat template)"
+    assert {"host", "irm x1"} <= rows[0].keys()
+    assert "prompt format: Question:/Answer:" in " ".join(outputs[1].split())

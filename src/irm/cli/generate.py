@@ -56,16 +56,28 @@ def generate(
     if model is not None:
         with attach(loaded_host, model, strength=strength):
             outputs[f"irm x{strength:g}"] = [g.text for g in run_generate(loaded_host, prompt, **options)]
+    prompt_format = describe_prompt_format(loaded_host, chat=chat)
     if as_json:
-        print(json.dumps([{"prompt": p, **{k: v[i] for k, v in outputs.items()}} for i, p in enumerate(prompt)], indent=2))
+        rows = [{"prompt": p, "prompt_format": prompt_format, **{k: v[i] for k, v in outputs.items()}} for i, p in enumerate(prompt)]
+        print(json.dumps(rows, indent=2))
         return
-    table = Table(show_lines=True)
+    table = Table(show_lines=True, caption=f"prompt format: {prompt_format}")
     table.add_column("prompt", style="bold")
     for key in outputs:
         table.add_column(key)
     for i, p in enumerate(prompt):
         table.add_row(p, *(v[i] for v in outputs.values()))
     console.print(table)
+
+
+def describe_prompt_format(loaded_host, *, chat: bool) -> str:
+    """Which of the two prompt formats (:mod:`irm.data.prompts`) generation used, and why."""
+    from irm.data.prompts import uses_chat_template
+
+    if uses_chat_template(loaded_host.require_tokenizer(), chat=chat):
+        return "chat template"
+    why = "--no-chat" if loaded_host.has_chat_template else f"{loaded_host.name} has no chat template"
+    return f"Question:/Answer: ({why})"
 
 
 def check_sampling(temperature: float, top_p: float) -> bool:

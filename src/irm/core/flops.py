@@ -52,10 +52,13 @@ def irm_flops(config: IRMConfig) -> int:
     return 2 * macs
 
 
-def training_flops(host_config: Any, irm_config: IRMConfig, context: int) -> int:
+def training_flops(host_config: Any, irm_config: IRMConfig, context: int, *, head_fraction: float = 1.0) -> int:
     """FLOPs per training token, for model-FLOPs utilisation: the host's forward; its
     backward through activations only (input gradients of every linear = one forward of
     the linears, and twice the attention-score matmuls); the IRM's forward and backward
-    (input and weight gradients: three forwards)."""
+    (input and weight gradients: three forwards). ``head_fraction``: the share of tokens at
+    which the LM head runs, forward and backward (irm's loss runs it only where the next
+    token is a target; 1 counts it everywhere)."""
     linear, attention = _host_parts(host_config, context)
-    return 2 * linear + 3 * attention + 3 * irm_flops(irm_config)
+    head = 2 * int(_get(host_config, "hidden_size", "n_embd")) * int(host_config.vocab_size)
+    return round(2 * (linear - head) + 2 * head * head_fraction + 3 * attention + 3 * irm_flops(irm_config))

