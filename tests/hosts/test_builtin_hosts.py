@@ -85,7 +85,7 @@ def test_missing_package_names_the_install_command(fake_host, monkeypatch, capsy
     assert (row["family"], row["hidden_size"], row["num_layers"], row["chat_template"], row["licence"]) == ("llama", 8, 2, False, "none")
     from irm.cli import options
 
-    monkeypatch.setattr(options.console, "width", 250)  # rich reads COLUMNS only when the console is made
+    monkeypatch.setattr(options.console, "_width", 250)  # rich reads COLUMNS only when the console is made
     code, out, _ = _run(["hosts"], monkeypatch, capsys)
     line = next(line for line in out.splitlines() if "fake-host" in line and "│" in line)
     assert code == 0 and "no: Question:/Answer:" in line and "MB GGUF" in line and "Question" in line

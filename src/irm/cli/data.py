@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -58,14 +59,18 @@ def check(
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        console.print(f"[bold]{report.path}[/]: {report.rows} rows, {report.kind}, columns {', '.join(report.columns)}")
+        # soft_wrap: a long path is never broken across lines (scripts and tests grep for it)
+        console.print(
+            f"[bold]{escape(str(report.path))}[/]: {report.rows} rows, {report.kind}, columns {escape(', '.join(report.columns))}",
+            soft_wrap=True,
+        )
         if report.token_lengths:
             t = report.token_lengths
             console.print(f"tokens per row: min {t['min']}, mean {t['mean']:.1f}, max {t['max']}")
         for w in report.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
         for e in report.errors:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(e)}", highlight=False, soft_wrap=True)
         console.print("[green]ok[/]" if report.ok else "[red]not usable until the errors are fixed[/]")
     if not report.ok:
         raise typer.Exit(2)
@@ -142,7 +147,10 @@ def synthesize_cmd(
     if as_json:
         print(json.dumps(provenance, indent=2))
     else:
-        console.print(f"kept {provenance['kept']} of {provenance['source_rows']} pairs -> {out} (provenance: {out}.provenance.json)")
+        console.print(
+            f"kept {provenance['kept']} of {provenance['source_rows']} pairs -> {escape(str(out))} (provenance: {escape(str(out))}.provenance.json)",
+            soft_wrap=True,
+        )
 
 
 def score(
