@@ -99,6 +99,10 @@ def test_legacy_run_reports_and_evaluates(tmp_path):
     assert (tmp_path / "eval" / "report.json").is_file()
 
 
+RETUNED_DEFAULTS = {("demo", "max_steps"): "issue 16: the demo recipe was chosen to keep the answer's content"}
+"""Defaults changed on purpose since the fixture was made; the flag itself must stay."""
+
+
 def test_cli_keeps_every_command_and_flag():
     import typer.main
 
@@ -128,4 +132,9 @@ def test_cli_keeps_every_command_and_flag():
         assert command in now, f"command `irm {command}` is gone"
         kept = {p["name"]: p for p in now[command]}
         for param in params:
+            if (command, param["name"]) in RETUNED_DEFAULTS:  # the flag stays; its default was chosen anew
+                assert {k: v for k, v in kept.get(param["name"], {}).items() if k != "default"} == {
+                    k: v for k, v in param.items() if k != "default"
+                }, f"`irm {command}` changed or lost {param['opts']}"
+                continue
             assert kept.get(param["name"]) == param, f"`irm {command}` changed or lost {param['opts']}"
