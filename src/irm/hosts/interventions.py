@@ -23,6 +23,7 @@ an IRM trained on an edited host only loads on the same edit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,8 +84,13 @@ def apply_host_edit(model: nn.Module, edit: str | HostEdit) -> HostEdit:
             fold_final_norm(model)
         elif parsed.kind == "permute":
             assert parsed.seed is not None
-            permute_residual(model, residual_permutation(parsed.seed, int(model.config.hidden_size)))
+            permute_residual(model, residual_permutation(parsed.seed, _hidden_size(model)))
     return parsed
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config: Any = getattr(model, "config", None)
+    return int(config.hidden_size)
 
 
 def lm_head(model: nn.Module) -> nn.Linear:
@@ -110,8 +116,9 @@ def untie(model: nn.Module) -> None:
     head = lm_head(model)
     if is_tied(model):
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-        model.config.tie_word_embeddings = False  # type: ignore[union-attr]
-        text_config = getattr(model.config, "get_text_config", None)
+        config: Any = getattr(model, "config", None)
+        config.tie_word_embeddings = False
+        text_config = getattr(config, "get_text_config", None)
         if callable(text_config):
             text_config().tie_word_embeddings = False
 
@@ -145,7 +152,9 @@ def fold_final_norm(model: nn.Module) -> None:
     if isinstance(bias, torch.Tensor):
         shift = original @ bias.detach().double()
         if head.bias is None:
-            head.bias = nn.Parameter(torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device), requires_grad=False)
+            head.bias = nn.Parameter(
+                torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device), requires_grad=False
+            )
         head.bias.copy_(head.bias.double() + shift)
         bias.zero_()
     head.weight.copy_(original * gain[None, :])
@@ -175,7 +184,7 @@ def permute_residual(model: nn.Module, perm: np.ndarray) -> None:
             f"permute is implemented for Llama-, Mistral-, Qwen- and Gemma-style hosts, not {type(model).__name__}",
             hint="use fold-norm or untie on this host",
         )
-    hidden = int(model.config.hidden_size)  # type: ignore[union-attr]
+    hidden = _hidden_size(model)
     p = torch.as_tensor(perm, dtype=torch.long)
     tied = is_tied(model)
     emb = embedding(model)
