@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every command behind docs/findings.md section 5, "What causes the stripes" (issue 18), in
 # order. Each step skips what is already done, so the script resumes where it stopped.
-# Run one step with `scripts/findings_causes.sh STEP` (lr, basis, edits, analyze, lens,
+# Run one step with `scripts/findings_causes.sh STEP` (lr, adam, sgd, edits, analyze,
 # tables), or all of them with no argument. Outputs go under runs/causes/ (not committed);
 # the small JSON summaries quoted in the findings are copied to docs/findings/causes/.
 # On the shared 2-core machine: OMP_NUM_THREADS=1 nice flock /work/team/longjob.lock scripts/findings_causes.sh STEP
@@ -14,7 +14,7 @@ step=${1:-all}
 train() {  # train NAME [flags...]: one run of the base recipe, skipped when done; a diverged run leaves OUT/NAME.failed
   local name=$1; shift
   [ -f $OUT/$name/summary.json ] || [ -f $OUT/$name.failed ] && return 0
-  mkdir -p $OUT
+  mkdir -p "$(dirname $OUT/$name)"
   $IRM train $BASE --out $OUT/$name --overwrite --no-progress --json "$@" > $OUT/$name.log 2>&1 \
     || { tail -3 $OUT/$name.log > $OUT/$name.failed; echo "$name failed: $(tail -1 $OUT/$name.failed)"; }
 }
@@ -23,7 +23,59 @@ train() {  # train NAME [flags...]: one run of the base recipe, skipped when don
 #    on a log grid; the lr whose test loss is closest to Adam's (lr 2e-3) is used below.
 if [ "$step" = lr ] || [ "$step" = all ]; then
   train lr/adam-2e-3 --data builtin:anger --seed 1
-  for lr in 0.01 0.1 1 10; do
+  for lr in 0.1 0.3 1 3; do
     train lr/sgd-$lr --data builtin:anger --seed 1 --optimizer sgd --lr $lr
   done
 fi
+
+sgd_lr() {  # the searched lr whose test loss is closest to Adam's
+  python3 - "$OUT/lr" <<'PY'
+import json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+adam = json.loads((root / "adam-2e-3" / "summary.json").read_text())["test_loss"]
+found = {p.name.removeprefix("sgd-"): json.loads((p / "summary.json").read_text())["test_loss"] for p in root.glob("sgd-*") if (p / "summary.json").is_file()}
+print(min(found, key=lambda lr: abs(found[lr] - adam)))
+PY
+}
+
+# 2. The basis tests: anger and joy x seeds 1, 2, without and with a fixed output rotation (seed 1),
+#    first with Adam (the recipe's lr 2e-3), then with SGD at the lr of step 1.
+for opt in adam sgd; do
+  if [ "$step" = $opt ] || [ "$step" = all ]; then
+    flags=(); [ $opt = sgd ] && flags=(--optimizer sgd --lr "$(sgd_lr)")
+    for rot in norot rot; do
+      rflags=(); [ $rot = rot ] && rflags=(--output-rotation 1)
+      for e in anger joy; do
+        for seed in 1 2; do
+          train basis/$opt-$rot-$e-s$seed --data builtin:$e --seed $seed "${flags[@]}" "${rflags[@]}"
+        done
+      done
+    done
+  fi
+done
+
+# 3. LM-head interventions: anger, seeds 1 and 2, Adam, on the edited host (the unedited twins are
+#    basis/adam-norot-anger-s1, -s2); untie once (predicted bit-identical to its twin).
+if [ "$step" = edits ] || [ "$step" = all ]; then
+  for edit in fold-norm permute:1; do
+    for seed in 1 2; do
+      train edits/${edit/:/-}-anger-s$seed --data builtin:anger --seed $seed --host-edit $edit
+    done
+  done
+  train edits/untie-anger-s1 --data builtin:anger --seed 1 --host-edit untie
+fi
+
+# 4. The analysis: record 8 prompts per run (24 new tokens), stripes and top indices in both bases,
+#    consistency, the host's gradient (2.4), and the logit lens with the direct effect of the last k layers.
+if [ "$step" = analyze ] || [ "$step" = all ]; then
+  A=(--limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --json)
+  [ -f $OUT/analysis_basis/summary.json ] || $IRM analyze $OUT/basis/* --out $OUT/analysis_basis --gradients train "${A[@]}" > /dev/null
+  [ -f $OUT/analysis_edits/summary.json ] || $IRM analyze $OUT/basis/adam-norot-anger-s* $OUT/edits/* --out $OUT/analysis_edits \
+    --no-host-outliers "${A[@]}" > /dev/null
+fi
+
+# 5. The tables of docs/findings.md section 5, and the small JSON files they quote.
+if [ "$step" = tables ] || [ "$step" = all ]; then
+  ${PYTHON:-.venv/bin/python} scripts/findings_causes_tables.py --copy
+fi
+echo "findings_causes $step: done"
