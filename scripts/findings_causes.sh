@@ -5,9 +5,15 @@
 # tables), or all of them with no argument. Outputs go under runs/causes/ (not committed);
 # the small JSON summaries quoted in the findings are copied to docs/findings/causes/.
 # On the shared 2-core machine: OMP_NUM_THREADS=1 nice flock /work/team/longjob.lock scripts/findings_causes.sh STEP
+#
+# Another host: the same steps with HOST and OUT set, e.g. once Gemma 3 270M is installed
+#   HOST=gemma3-270m OUT=runs/causes_gemma3 scripts/findings_causes.sh
+#   PYTHONPATH=src .venv/bin/python scripts/findings_causes_tables.py --root runs/causes_gemma3
+# (permute needs a Llama-, Qwen- or Gemma-style host; untie a host with a tied LM head).
 set -euo pipefail
 IRM=${IRM:-.venv/bin/irm}
-OUT=runs/causes
+OUT=${OUT:-runs/causes}
+HOST=${HOST:-smollm2-135m-instruct}
 BASE=docs/causes_base.yaml
 step=${1:-all}
 
@@ -15,7 +21,7 @@ train() {  # train NAME [flags...]: one run of the base recipe, skipped when don
   local name=$1; shift
   [ -f $OUT/$name/summary.json ] || [ -f $OUT/$name.failed ] && return 0
   mkdir -p "$(dirname $OUT/$name)"
-  $IRM train $BASE --out $OUT/$name --overwrite --no-progress --json "$@" > $OUT/$name.log 2>&1 \
+  $IRM train $BASE --host $HOST --out $OUT/$name --overwrite --no-progress --json "$@" > $OUT/$name.log 2>&1 \
     || { tail -3 $OUT/$name.log > $OUT/$name.failed; echo "$name failed: $(tail -1 $OUT/$name.failed)"; }
 }
 
@@ -76,6 +82,6 @@ fi
 
 # 5. The tables of docs/findings.md section 5, and the small JSON files they quote.
 if [ "$step" = tables ] || [ "$step" = all ]; then
-  ${PYTHON:-.venv/bin/python} scripts/findings_causes_tables.py --copy
+  ${PYTHON:-.venv/bin/python} scripts/findings_causes_tables.py --root $OUT --copy
 fi
 echo "findings_causes $step: done"

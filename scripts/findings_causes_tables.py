@@ -236,8 +236,13 @@ def copy() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("runs/causes"), help="the OUT of scripts/findings_causes.sh [runs/causes]")
     parser.add_argument("--copy", action="store_true", help="copy the small JSON files and a few heatmaps to docs/findings/causes/")
     args = parser.parse_args()
+    global ROOT, DOCS
+    ROOT = args.root
+    if ROOT != Path("runs/causes"):
+        DOCS = DOCS.with_name(f"causes_{ROOT.name.removeprefix('causes_')}")
     sections = {
         "SGD learning-rate search (anger, seed 1, 30 steps)": lr_search(),
         "Basis tests": basis_table(),
