@@ -2,7 +2,7 @@
 # Every command behind docs/findings.md section 5, "What causes the stripes" (issue 18), in
 # order. Each step skips what is already done, so the script resumes where it stopped.
 # Run one step with `scripts/findings_causes.sh STEP` (lr, adam, sgd, edits, analyze,
-# tables), or all of them with no argument. Outputs go under runs/causes/ (not committed);
+# tables; adam-anger and adam-joy are the two halves of adam), or all of them with no argument. Outputs go under runs/causes/ (not committed);
 # the small JSON summaries quoted in the findings are copied to docs/findings/causes/.
 # On the shared 2-core machine: OMP_NUM_THREADS=1 nice flock /work/team/longjob.lock scripts/findings_causes.sh STEP
 #
@@ -47,10 +47,11 @@ PY
 # 2. The basis tests: anger and joy x seeds 1, 2, without and with a fixed output rotation (seed 1),
 #    with Adam (the recipe's lr 2e-3); then with SGD at the lr of step 1, where one run with R
 #    checks that SGD is rotation-equivariant (see the findings) instead of all four.
-if [ "$step" = adam ] || [ "$step" = all ]; then
-  for rot in norot rot; do
-    rflags=(); [ $rot = rot ] && rflags=(--output-rotation 1)
-    for e in anger joy; do
+case $step in adam|all) aligns="anger joy";; adam-anger) aligns=anger;; adam-joy) aligns=joy;; *) aligns="";; esac
+if [ -n "$aligns" ]; then  # steps adam-anger and adam-joy split the step adam in two
+  for e in $aligns; do
+    for rot in norot rot; do
+      rflags=(); [ $rot = rot ] && rflags=(--output-rotation 1)
       for seed in 1 2; do
         train basis/adam-$rot-$e-s$seed --data builtin:$e --seed $seed "${rflags[@]}"
       done
