@@ -26,9 +26,9 @@ train() {  # train NAME [flags...]: one run of the base recipe, skipped when don
 }
 
 # 1. SGD's learning rate: SGD with momentum 0.9 on anger, seed 1, the same 30 steps and warm-up,
-#    on a log grid; the lr whose test loss is closest to Adam's (lr 2e-3) is used below.
+#    on a log grid; the lr whose test loss is closest to Adam's (lr 2e-3; the run
+#    basis/adam-norot-anger-s1 of step 2) is used for every SGD run.
 if [ "$step" = lr ] || [ "$step" = all ]; then
-  train lr/adam-2e-3 --data builtin:anger --seed 1
   for lr in 0.1 0.3 1 3; do
     train lr/sgd-$lr --data builtin:anger --seed 1 --optimizer sgd --lr $lr
   done
@@ -38,7 +38,7 @@ sgd_lr() {  # the searched lr whose test loss is closest to Adam's
   python3 - "$OUT/lr" <<'PY'
 import json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
-adam = json.loads((root / "adam-2e-3" / "summary.json").read_text())["test_loss"]
+adam = json.loads((root.parent / "basis" / "adam-norot-anger-s1" / "summary.json").read_text())["test_loss"]
 found = {p.name.removeprefix("sgd-"): json.loads((p / "summary.json").read_text())["test_loss"] for p in root.glob("sgd-*") if (p / "summary.json").is_file()}
 print(min(found, key=lambda lr: abs(found[lr] - adam)))
 PY
