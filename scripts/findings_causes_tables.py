@@ -37,9 +37,12 @@ def load(path: Path) -> dict | None:
 
 def lr_search() -> list[str]:
     rows = []
-    for run in sorted((ROOT / "lr").glob("*/summary.json")):
+    for run in [ROOT / "basis" / "adam-norot-anger-s1" / "summary.json", *sorted((ROOT / "lr").glob("*/summary.json"))]:
+        if not run.is_file():
+            continue
         s = json.loads(run.read_text())
-        rows.append(f"| {run.parent.name} | {s['global_step']} | {s['train_loss']:.3f} | {s['test_loss']:.3f} |")
+        name = "adam lr 2e-3 (basis/adam-norot-anger-s1)" if run.parent.parent.name == "basis" else run.parent.name
+        rows.append(f"| {name} | {s['global_step']} | {s['train_loss']:.3f} | {s['test_loss']:.3f} |")
     failed = [f"| {p.stem} | diverged | | {p.read_text().strip().splitlines()[-1][:80]} |" for p in sorted((ROOT / "lr").glob("*.failed"))]
     return ["| run | steps | last train loss | test loss |", "|---|---|---|---|", *rows, *failed]
 
