@@ -69,7 +69,8 @@ if [ "$step" = sgd ] || [ "$step" = all ]; then
 fi
 
 # 3. LM-head interventions: anger, seeds 1 and 2, Adam, on the edited host (the unedited twins are
-#    basis/adam-norot-anger-s1, -s2); untie once (predicted bit-identical to its twin).
+#    basis/adam-norot-anger-s1, -s2); untie once (predicted bit-identical to its twin). Then their
+#    analysis (as in step 4) next to the twins.
 if [ "$step" = edits ] || [ "$step" = all ]; then
   for edit in fold-norm permute:1; do
     for seed in 1 2; do
@@ -77,15 +78,16 @@ if [ "$step" = edits ] || [ "$step" = all ]; then
     done
   done
   train edits/untie-anger-s1 --data builtin:anger --seed 1 --host-edit untie
+  [ -f $OUT/analysis_edits/summary.json ] || $IRM analyze $OUT/basis/adam-norot-anger-s* $OUT/edits/* --out $OUT/analysis_edits \
+    --limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --no-host-outliers --json > /dev/null
 fi
 
-# 4. The analysis: record 8 prompts per run (24 new tokens), stripes and top indices in both bases,
-#    consistency, the host's gradient (2.4), and the logit lens with the direct effect of the last k layers.
+# 4. The analysis of the basis grid: record 8 prompts per run (24 new tokens), stripes and top indices
+#    in both bases, consistency, the host's gradient (2.4), and the logit lens with the direct effect
+#    of the last k layers.
 if [ "$step" = analyze ] || [ "$step" = all ]; then
   A=(--limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --json)
   [ -f $OUT/analysis_basis/summary.json ] || $IRM analyze $OUT/basis/* --out $OUT/analysis_basis --gradients train "${A[@]}" > /dev/null
-  [ -f $OUT/analysis_edits/summary.json ] || $IRM analyze $OUT/basis/adam-norot-anger-s* $OUT/edits/* --out $OUT/analysis_edits \
-    --no-host-outliers "${A[@]}" > /dev/null
 fi
 
 # 5. The tables of docs/findings.md section 5, and the small JSON files they quote.
