@@ -78,7 +78,7 @@ if [ "$step" = edits ] || [ "$step" = all ]; then
     done
   done
   train edits/untie-anger-s1 --data builtin:anger --seed 1 --host-edit untie
-  [ -f $OUT/analysis_edits/summary.json ] || $IRM analyze $OUT/basis/adam-norot-anger-s* $OUT/edits/* --out $OUT/analysis_edits \
+  [ -f $OUT/analysis_edits/summary.json ] || $IRM analyze $OUT/basis/adam-norot-anger-s*/ $OUT/edits/*/ --out $OUT/analysis_edits \
     --limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --no-host-outliers --json > /dev/null
 fi
 
@@ -87,7 +87,7 @@ fi
 #    of the last k layers.
 if [ "$step" = analyze ] || [ "$step" = all ]; then
   A=(--limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --json)
-  [ -f $OUT/analysis_basis/summary.json ] || $IRM analyze $OUT/basis/* --out $OUT/analysis_basis --gradients train "${A[@]}" > /dev/null
+  [ -f $OUT/analysis_basis/summary.json ] || $IRM analyze $OUT/basis/*/ --out $OUT/analysis_basis --gradients train "${A[@]}" > /dev/null
 fi
 
 # 5. The tables of docs/findings.md section 5, and the small JSON files they quote.
