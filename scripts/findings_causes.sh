@@ -14,7 +14,7 @@ set -euo pipefail
 IRM=${IRM:-.venv/bin/irm}
 OUT=${OUT:-runs/causes}
 HOST=${HOST:-smollm2-135m-instruct}
-BASE=docs/causes_base.yaml
+BASE=${BASE:-docs/causes_base.yaml}
 step=${1:-all}
 
 train() {  # train NAME [flags...]: one run of the base recipe, skipped when done; a diverged run leaves OUT/NAME.failed
@@ -40,6 +40,7 @@ import json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
 adam = json.loads((root.parent / "basis" / "adam-norot-anger-s1" / "summary.json").read_text())["test_loss"]
 found = {p.name.removeprefix("sgd-"): json.loads((p / "summary.json").read_text())["test_loss"] for p in root.glob("sgd-*") if (p / "summary.json").is_file()}
+found = {lr: loss for lr, loss in found.items() if loss is not None}
 print(min(found, key=lambda lr: abs(found[lr] - adam)))
 PY
 }

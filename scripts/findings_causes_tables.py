@@ -35,6 +35,10 @@ def load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
 def lr_search() -> list[str]:
     rows = []
     for run in [ROOT / "basis" / "adam-norot-anger-s1" / "summary.json", *sorted((ROOT / "lr").glob("*/summary.json"))]:
@@ -42,7 +46,7 @@ def lr_search() -> list[str]:
             continue
         s = json.loads(run.read_text())
         name = "adam lr 2e-3 (basis/adam-norot-anger-s1)" if run.parent.parent.name == "basis" else run.parent.name
-        rows.append(f"| {name} | {s['global_step']} | {s['train_loss']:.3f} | {s['test_loss']:.3f} |")
+        rows.append(f"| {name} | {s['global_step']} | {_num(s['train_loss'])} | {_num(s['test_loss'])} |")
     failed = [f"| {p.stem} | diverged | | {p.read_text().strip().splitlines()[-1][:80]} |" for p in sorted((ROOT / "lr").glob("*.failed"))]
     return ["| run | steps | last train loss | test loss |", "|---|---|---|---|", *rows, *failed]
 
@@ -92,9 +96,9 @@ def basis_table() -> list[str]:
         own_top = run["irm_basis"]["top_k"]["indices"][:5] if run["irm_basis"]["rotated"] else run["top_k"]["indices"][:5]
         g = run.get("host_gradients", {})
         out.append(
-            f"| {run['label']} | {test.get('test_loss', float('nan')):.3f} | {_fmt(host_s)} | {_fmt(own_s)} | "
+            f"| {run['label']} | {_num(test.get('test_loss'))} | {_fmt(host_s)} | {_fmt(own_s)} | "
             f"{run['striation']['layer_share']:.3f} | {run['top_k']['indices'][:5]} | {own_top} | {run['top_k']['shares'][0]:.2%} | "
-            f"{g.get('spearman_with_irm_profile', float('nan')):.3f} | {g.get('coincidence_with_irm', {}).get('shared') or '-'} |"
+            f"{_num(g.get('spearman_with_irm_profile'))} | {g.get('coincidence_with_irm', {}).get('shared') or '-'} |"
         )
     noise = _runs(ROOT / "analysis_basis")[0]["striation"]["noise_level"]
     out.append(f"\nNoise level of the striation score: {noise:.3f}; an even spread gives each index 1/576 = 0.17%.")
@@ -208,7 +212,7 @@ def edits_table() -> list[str]:
         s_twin = load(Path(runs[twin]["input"]) / "summary.json") or {}
         top = lambda p: top_k(p, 10).indices  # noqa: E731
         out.append(
-            f"| {label} | {twin} | {s_edit.get('test_loss', float('nan')):.4f} / {s_twin.get('test_loss', float('nan')):.4f} | "
+            f"| {label} | {twin} | {_num(s_edit.get('test_loss'), '.4f')} / {_num(s_twin.get('test_loss'), '.4f')} | "
             f"{s_edit.get('irm_checksum') == s_twin.get('irm_checksum')} | {top(edited)[:5]} | "
             f"{jaccard(top(edited), top(base)):.2f} / {jaccard(top(mapped), top(base)):.2f} | "
             f"{spearman(edited, base):.3f} / {spearman(mapped, base):.3f} |"
