@@ -29,7 +29,7 @@ train() {  # train NAME [flags...]: one run of the base recipe, skipped when don
 #    on a log grid; the lr whose test loss is closest to Adam's (lr 2e-3; the run
 #    basis/adam-norot-anger-s1 of step 2) is used for every SGD run.
 if [ "$step" = lr ] || [ "$step" = all ]; then
-  for lr in 0.1 0.3 1 3; do
+  for lr in 0.1 0.3 1 3 0.001 0.003 0.01 0.03; do  # the first four (a log grid) all diverged, so four smaller ones
     train lr/sgd-$lr --data builtin:anger --seed 1 --optimizer sgd --lr $lr
   done
 fi
