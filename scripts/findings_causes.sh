@@ -28,10 +28,13 @@ train() {  # train NAME [flags...]: one run of the base recipe, skipped when don
 # 1. SGD's learning rate: SGD with momentum 0.9 on anger, seed 1, the same 30 steps and warm-up,
 #    on a log grid; the lr whose test loss is closest to Adam's (lr 2e-3; the run
 #    basis/adam-norot-anger-s1 of step 2) is used for every SGD run.
-if [ "$step" = lr ] || [ "$step" = all ]; then
+lr_search() {
   for lr in 0.1 0.3 1 3 0.001 0.003 0.01 0.03; do  # the first four (a log grid) all diverged, so four smaller ones
     train lr/sgd-$lr --data builtin:anger --seed 1 --optimizer sgd --lr $lr
   done
+}
+if [ "$step" = lr ] || [ "$step" = all ]; then
+  lr_search
 fi
 
 sgd_lr() {  # the searched lr whose test loss is closest to Adam's
@@ -60,6 +63,7 @@ if [ -n "$aligns" ]; then  # steps adam-anger and adam-joy split the step adam i
   done
 fi
 if [ "$step" = sgd ] || [ "$step" = all ]; then
+  lr_search  # (done already when step 1 ran)
   lr=$(sgd_lr)
   for e in anger joy; do
     for seed in 1 2; do
