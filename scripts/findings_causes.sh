@@ -85,6 +85,9 @@ if [ "$step" = edits ] || [ "$step" = all ]; then
   train edits/untie-anger-s1 --data builtin:anger --seed 1 --host-edit untie
   [ -f $OUT/analysis_edits/summary.json ] || $IRM analyze $OUT/basis/adam-norot-anger-s*/ $OUT/edits/*/ --out $OUT/analysis_edits \
     --limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --no-host-outliers --json > /dev/null
+  # an early look at the Adam anger runs (with and without R), in case step 4 comes late on a shared machine
+  [ -f $OUT/analysis_adam_anger/summary.json ] || $IRM analyze $OUT/basis/adam-*-anger-s*/ --out $OUT/analysis_adam_anger \
+    --gradients train --limit 8 --max-new-tokens 24 --frames 0 --token-plots 1 --logit-lens --json > /dev/null
 fi
 
 # 4. The analysis of the basis grid: record 8 prompts per run (24 new tokens), stripes and top indices
