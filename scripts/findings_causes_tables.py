@@ -6,7 +6,7 @@ scripts/findings_causes.sh.
 
 Reads runs/causes/lr/*/summary.json (the SGD lr search), runs/causes/analysis_basis and
 runs/causes/analysis_edits (irm analyze --logit-lens) and the runs' recordings (RUN/record),
-which it resamples by prompt (a cluster bootstrap, 1,000 draws) for 95% intervals of the
+which it resamples by prompt (a cluster bootstrap, 400 draws) for 95% intervals of the
 striation score in both bases.
 """
 
@@ -28,7 +28,13 @@ from irm.hosts.interventions import residual_permutation
 
 ROOT = Path("runs/causes")
 DOCS = Path("docs/findings/causes")
-DRAWS = 1000
+DRAWS = 400
+
+
+def basis_dir() -> Path:
+    """The analysis of the whole basis grid, or the early one of the Adam anger runs alone."""
+    full = ROOT / "analysis_basis"
+    return full if (full / "summary.json").is_file() else ROOT / "analysis_adam_anger"
 
 
 def load(path: Path) -> dict | None:
@@ -76,19 +82,23 @@ def _runs(analysis: Path) -> list[dict]:
     return summary["runs"] if summary else []
 
 
+def _mean(values: list[float]) -> str:
+    return f"{mean(values):.3f}" if values else "n/a"
+
+
 def _fmt(interval: tuple[float, float, float]) -> str:
     return f"{interval[0]:.3f} [{interval[1]:.3f}, {interval[2]:.3f}]"
 
 
 def basis_table() -> list[str]:
-    if not _runs(ROOT / "analysis_basis"):
+    if not _runs(basis_dir()):
         return []
     out = [
         "| run | test loss | striation, host basis [95% CI] | striation, IRM basis [95% CI] | layer share | top-5, host basis "
         "| top-5, IRM basis | top index share | Spearman with gradient | gradient top-10 in IRM top-10 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for run in _runs(ROOT / "analysis_basis"):
+    for run in _runs(basis_dir()):
         rec = Path(run["input"]) / "record"
         test = load(Path(run["input"]) / "summary.json") or {}
         host_s = striation_interval(rec, False)
@@ -100,7 +110,7 @@ def basis_table() -> list[str]:
             f"{run['striation']['layer_share']:.3f} | {run['top_k']['indices'][:5]} | {own_top} | {run['top_k']['shares'][0]:.2%} | "
             f"{_num(g.get('spearman_with_irm_profile'))} | {g.get('coincidence_with_irm', {}).get('shared') or '-'} |"
         )
-    noise = _runs(ROOT / "analysis_basis")[0]["striation"]["noise_level"]
+    noise = _runs(basis_dir())[0]["striation"]["noise_level"]
     out.append(f"\nNoise level of the striation score: {noise:.3f}; an even spread gives each index 1/576 = 0.17%.")
     return out
 
@@ -121,8 +131,8 @@ def _pair_means(report: dict, same: str) -> dict[str, list[float]]:
 
 
 def consistency_table() -> list[str]:
-    host = load(ROOT / "analysis_basis" / "consistency.json")
-    own = load(ROOT / "analysis_basis" / "consistency_irm_basis.json")
+    host = load(basis_dir() / "consistency.json")
+    own = load(basis_dir() / "consistency_irm_basis.json")
     if not host or not own:
         return []
     (host_report,), (own_report,) = host.values(), own.values()
@@ -137,9 +147,9 @@ def consistency_table() -> list[str]:
                 continue
             s, a = seed[group], align.get(group, {"jaccard": [], "spearman": []})
             out.append(
-                f"| {group} | {basis} | {mean(s['jaccard']):.3f} ({', '.join(f'{x:.2f}' for x in s['jaccard'])}) | "
-                f"{mean(s['spearman']):.3f} ({', '.join(f'{x:.2f}' for x in s['spearman'])}) | "
-                f"{mean(a['jaccard']):.3f} | {mean(a['spearman']):.3f} |"
+                f"| {group} | {basis} | {_mean(s['jaccard'])} ({', '.join(f'{x:.2f}' for x in s['jaccard'])}) | "
+                f"{_mean(s['spearman'])} ({', '.join(f'{x:.2f}' for x in s['spearman'])}) | "
+                f"{_mean(a['jaccard'])} | {_mean(a['spearman'])} |"
             )
     twins = [
         p for p in host_report["pairs"] if p["a"].replace("-norot-", "-rot-") == p["b"] or p["b"].replace("-norot-", "-rot-") == p["a"]
@@ -229,13 +239,13 @@ def edits_table() -> list[str]:
 
 def copy() -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
-    for analysis in ("analysis_basis", "analysis_edits"):
+    for analysis in ("analysis_basis", "analysis_adam_anger", "analysis_edits"):
         for name in ("summary.json", "consistency.json", "consistency_irm_basis.json"):
             src = ROOT / analysis / name
             if src.is_file():
                 shutil.copyfile(src, DOCS / f"{analysis}_{name}")
         for lens in (ROOT / analysis).glob("*/logit_lens.json"):
-            if lens.parent.name.endswith("-s1"):
+            if analysis != "analysis_edits" and lens.parent.name.endswith("-s1"):
                 shutil.copyfile(lens, DOCS / f"logit_lens_{lens.parent.name}.json")
         for heatmap in (ROOT / analysis).glob("*-rot-anger-s1/heatmap_mean*.png"):
             shutil.copyfile(heatmap, DOCS / f"{heatmap.parent.name}_{heatmap.name}")
@@ -254,7 +264,7 @@ def main() -> None:
         "SGD learning-rate search (anger, seed 1, 30 steps)": lr_search(),
         "Basis tests": basis_table(),
         "Consistency of the top indices": consistency_table(),
-        "Logit lens": lens_tables(ROOT / "analysis_basis", ("adam-norot-anger-s1", "adam-norot-joy-s1", "sgd-norot-anger-s1")),
+        "Logit lens": lens_tables(basis_dir(), ("adam-norot-anger-s1", "adam-norot-joy-s1", "sgd-norot-anger-s1")),
         "LM-head interventions": edits_table(),
     }
     for title, lines in sections.items():
