@@ -246,7 +246,10 @@ def copy() -> None:
                 shutil.copyfile(src, DOCS / f"{analysis}_{name}")
         for lens in (ROOT / analysis).glob("*/logit_lens.json"):
             if analysis != "analysis_edits" and lens.parent.name.endswith("-s1"):
-                shutil.copyfile(lens, DOCS / f"logit_lens_{lens.parent.name}.json")
+                data = json.loads(lens.read_text())
+                means = data["layer_means"]
+                data["layer_means"] = [means[0], means[len(means) // 2], *means[-2:]]  # the rest: RUN's analysis folder
+                (DOCS / f"logit_lens_{lens.parent.name}.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         for heatmap in (ROOT / analysis).glob("*-rot-anger-s1/heatmap_mean*.png"):
             shutil.copyfile(heatmap, DOCS / f"{heatmap.parent.name}_{heatmap.name}")
 
