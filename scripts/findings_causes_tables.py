@@ -86,6 +86,17 @@ def _mean(values: list[float]) -> str:
     return f"{mean(values):.3f}" if values else "n/a"
 
 
+def _scaled(folder: Path, name: str) -> str:
+    """Striation of a mean map with every layer scaled to mean 1 (the depth trend removed)."""
+    m = np.load(folder / name)
+    return f"{striation_scores((m / m.mean(1, keepdims=True))[None])[0]:.3f}"
+
+
+def _depth_ratio(folder: Path) -> str:
+    m = np.load(folder / "mean_abs_map.npy")
+    return f"{m[-1].mean() / m[0].mean():.2f}"
+
+
 def _fmt(interval: tuple[float, float, float]) -> str:
     return f"{interval[0]:.3f} [{interval[1]:.3f}, {interval[2]:.3f}]"
 
@@ -95,8 +106,9 @@ def basis_table() -> list[str]:
         return []
     out = [
         "| run | test loss | striation, host basis [95% CI] | striation, IRM basis [95% CI] | layer share | top-5, host basis "
-        "| top-5, IRM basis | top index share | Spearman with gradient | gradient top-10 in IRM top-10 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| top-5, IRM basis | top index share | Spearman with gradient | gradient top-10 in IRM top-10 "
+        "| striation, each layer scaled to mean 1: host / IRM basis | mean abs(output), last / first layer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in _runs(basis_dir()):
         rec = Path(run["input"]) / "record"
@@ -108,7 +120,10 @@ def basis_table() -> list[str]:
         out.append(
             f"| {run['label']} | {_num(test.get('test_loss'))} | {_fmt(host_s)} | {_fmt(own_s)} | "
             f"{run['striation']['layer_share']:.3f} | {run['top_k']['indices'][:5]} | {own_top} | {run['top_k']['shares'][0]:.2%} | "
-            f"{_num(g.get('spearman_with_irm_profile'))} | {g.get('coincidence_with_irm', {}).get('shared') or '-'} |"
+            f"{_num(g.get('spearman_with_irm_profile'))} | {g.get('coincidence_with_irm', {}).get('shared') or '-'} | "
+            f"{_scaled(basis_dir() / run['label'], 'mean_abs_map.npy')} / "
+            f"{_scaled(basis_dir() / run['label'], 'mean_abs_map_irm_basis.npy' if run['irm_basis']['rotated'] else 'mean_abs_map.npy')} | "
+            f"{_depth_ratio(basis_dir() / run['label'])} |"
         )
     noise = _runs(basis_dir())[0]["striation"]["noise_level"]
     out.append(f"\nNoise level of the striation score: {noise:.3f}; an even spread gives each index 1/576 = 0.17%.")
