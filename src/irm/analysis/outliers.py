@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from irm.analysis.statistics import top_k
 from irm.core.sites import reading_sites
+from irm.hosts.interventions import final_norm, gain_offset
 from irm.hosts.loading import Host
 
 
@@ -61,21 +62,11 @@ class HostOutliers:
         return out
 
 
-def final_norm(host: Host) -> nn.Module | None:
-    """The last norm module directly under the decoder stack (``norm``, ``ln_f``,
-    ``final_layer_norm``), or None."""
-    stack = host.spec.decoder_stack(host.model)
-    norms = [m for _, m in stack.named_children() if "norm" in type(m).__name__.lower()]
-    return norms[-1] if norms else None
-
-
 def norm_gain(module: nn.Module | None) -> np.ndarray | None:
     weight = getattr(module, "weight", None)
-    if weight is None:
+    if module is None or weight is None:
         return None
-    gain = weight.detach().float().cpu().numpy()
-    if type(module).__name__.startswith("Gemma"):
-        gain = 1.0 + gain
+    gain = weight.detach().float().cpu().numpy() + gain_offset(module)
     return np.abs(gain)
 
 
@@ -95,4 +86,4 @@ def host_outlier_dims(host: Host, texts: Sequence[str], *, max_length: int = 128
             host.model(**enc)
     head = host.model.get_output_embeddings()
     columns = head.weight.detach().float().norm(dim=0).cpu().numpy() if head is not None else None
-    return HostOutliers(host.name, peak.numpy(), norm_gain(final_norm(host)), columns)
+    return HostOutliers(host.name, peak.numpy(), norm_gain(final_norm(host.model)), columns)

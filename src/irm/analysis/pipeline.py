@@ -4,7 +4,10 @@ For one input, ``OUT/`` gets ``summary.json``, ``heatmap_mean.png`` (mean ``|out
 ``heatmap_token_P_T.png`` (signed output of single tokens), ``animation.gif`` (one frame per
 token), ``per_token.jsonl``, ``mean_abs_map.npy`` and ``host_outliers.json``. For several
 inputs each gets its own ``OUT/LABEL/`` and ``OUT/`` gets ``summary.json`` (all runs) and
-``consistency.json`` (agreement of the dominant indices, per host). With ``gradients`` set,
+``consistency.json`` (agreement of the dominant indices, per host, in the host's basis and
+in the IRMs' own: :mod:`irm.analysis.bases`). An IRM with an output rotation also gets
+``heatmap_mean_irm_basis.png`` and ``mean_abs_map_irm_basis.npy``. With ``logit_lens`` set,
+each input gets ``logit_lens.json`` (:mod:`irm.analysis.logit_lens`). With ``gradients`` set,
 each input also gets ``host_gradients.json``: the host's training-loss gradient at the IRM's
 injection points (:mod:`irm.gradients`), how alike it is across layers, and whether its
 largest indices are the IRM's.
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from irm.analysis.bases import output_rotation_of, to_irm_basis
 from irm.analysis.gradients import ResidualGradients, residual_gradients
 from irm.analysis.heatmaps import save_animation, save_heatmap
 from irm.analysis.outliers import HostOutliers, host_outlier_dims
@@ -68,6 +72,9 @@ class AnalyzeOptions:
     """none, train (each IRM's own training data) or question/answer data (file or builtin:NAME)."""
     gradient_rows: int = 32
     gradient_max_length: int = 64
+    logit_lens: bool = False
+    """Write each input's logit lens (needs the host; the direct effect needs a run directory)."""
+    lens_tokens: int = 10
 
 
 class _Hosts:
@@ -75,28 +82,29 @@ class _Hosts:
 
     def __init__(self, options: AnalyzeOptions, loaded: Sequence[Host] = ()) -> None:
         self.options = options
-        self.hosts: dict[str, Host] = {host.name: host for host in loaded}
-        self.outliers: dict[str, HostOutliers] = {}
-        self.gradients: dict[tuple[str, str, tuple[int, ...], str], ResidualGradients] = {}
+        self.hosts: dict[tuple[str, str], Host] = {(host.name, host.edit): host for host in loaded}
+        self.outliers: dict[tuple[str, str], HostOutliers] = {}
+        self.gradients: dict[tuple[str, str, str, tuple[int, ...], str], ResidualGradients] = {}
 
-    def host(self, name: str) -> Host:
-        if name not in self.hosts:
-            self.hosts[name] = load_host(name, device=self.options.device)
-        return self.hosts[name]
+    def host(self, name: str, edit: str = "") -> Host:
+        """The host of that name, with that edit (:mod:`irm.hosts.interventions`)."""
+        if (name, edit) not in self.hosts:
+            self.hosts[name, edit] = load_host(name, device=self.options.device, edit=edit or "none")
+        return self.hosts[name, edit]
 
-    def outlier_dims(self, name: str) -> HostOutliers:
-        if name not in self.outliers:
+    def outlier_dims(self, name: str, edit: str = "") -> HostOutliers:
+        if (name, edit) not in self.outliers:
             texts = read_prompts(self.options.neutral, limit=self.options.neutral_limit)
-            self.outliers[name] = host_outlier_dims(self.host(name), texts)
-        return self.outliers[name]
+            self.outliers[name, edit] = host_outlier_dims(self.host(name, edit), texts)
+        return self.outliers[name, edit]
 
-    def residual_gradients(self, name: str, data: str, layers: Sequence[int], site: str) -> ResidualGradients:
-        key = (name, data, tuple(layers), site)
+    def residual_gradients(self, name: str, edit: str, data: str, layers: Sequence[int], site: str) -> ResidualGradients:
+        key = (name, edit, data, tuple(layers), site)
         if key not in self.gradients:
             rows = read_rows(data)
             picked = np.random.default_rng(0).permutation(len(rows))[: self.options.gradient_rows]
             self.gradients[key] = residual_gradients(
-                self.host(name), [rows[i] for i in sorted(picked)], layers, site=site, max_length=self.options.gradient_max_length
+                self.host(name, edit), [rows[i] for i in sorted(picked)], layers, site=site, max_length=self.options.gradient_max_length
             )
         return self.gradients[key]
 
@@ -139,7 +147,8 @@ def open_input(path: str | Path, hosts: _Hosts) -> Recording:
             return load_recording(run.record)
         from irm.core.config import IRMConfig
 
-        return record_run(run, hosts.host(IRMConfig.load(run.irm).host.name), hosts.options)
+        identity = IRMConfig.load(run.irm).host
+        return record_run(run, hosts.host(identity.name, identity.edit), hosts.options)
     raise IRMError(
         f"{path} is neither a recording nor a run directory",
         hint="pass a directory written by `irm record`, or a run directory of `irm train` (with RUN/irm)",
@@ -181,9 +190,10 @@ def analyze_recording(
     outliers: HostOutliers | None,
     gradients: tuple[str, ResidualGradients] | None = None,
     shown_as: Path | None = None,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """Write one recording's files to ``out``; return its summary and index profile. The
-    summary names the files as under ``shown_as`` (where they will be moved), if given."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Write one recording's files to ``out``; return its summary and index profiles (in
+    the host's basis and the IRM's own). The summary names the files as under ``shown_as``
+    (where they will be moved), if given."""
     out.mkdir(parents=True, exist_ok=True)
     layers = rec.layers
     mean_map = mean_abs_map(rec.outputs)
@@ -230,6 +240,25 @@ def analyze_recording(
         "top_k": top.to_dict(),
         "sparsity": {"hoyer": describe(stats["hoyer"]), "top1pct_share": describe(stats["top1pct_share"])},
     }
+    rotation = output_rotation_of(rec.meta.get("irm_config", {}))
+    profiles = {"host": profile, "irm": profile}
+    if rotation is None:
+        summary["irm_basis"] = {"rotated": False, "note": "the IRM writes in the host's basis: the same numbers"}
+    else:
+        own = to_irm_basis(rec.outputs, rotation)
+        own_map = mean_abs_map(own)
+        np.save(out / "mean_abs_map_irm_basis.npy", own_map)
+        profiles["irm"] = index_profile(own_map)
+        files.append(
+            save_heatmap(own_map, layers, out / "heatmap_mean_irm_basis.png", title="mean |IRM output| in the IRM's own basis (before R)")
+        )
+        summary["irm_basis"] = {
+            "rotated": True,
+            "output_rotation": rec.meta["irm_config"]["output_rotation"],
+            "striation": asdict(striation(own_map)),
+            "striation_per_token": describe(per_token_stats(own)["striation"]),
+            "top_k": top_k(profiles["irm"], options.k).to_dict(),
+        }
     if outliers is not None:
         (out / "host_outliers.json").write_text(json.dumps(outliers.to_dict(options.k), indent=2) + "\n", encoding="utf-8")
         files.append(out / "host_outliers.json")
@@ -243,7 +272,7 @@ def analyze_recording(
         files.append(out / "host_gradients.json")
     summary["files"] = [str(f if shown_as is None else shown_as / Path(f).relative_to(out)) for f in files]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return summary, profile
+    return summary, profiles
 
 
 def check_analysis_out(out: Path) -> Path:
@@ -309,24 +338,61 @@ def _analyze_into(inputs: Sequence[str | Path], recordings: Sequence[Recording],
     options = hosts.options
     labels: list[str] = []
     summaries: list[dict[str, Any]] = []
-    profiles: dict[str, dict[str, np.ndarray]] = {}
+    profiles: dict[str, dict[str, dict[str, np.ndarray]]] = {"host": {}, "irm": {}}
     for path, rec in zip(inputs, recordings):
         label = _label(Path(path))
         label = label if label not in labels else f"{label}-{len(labels)}"
         labels.append(label)
-        host_name = rec.meta["host"]["name"]
-        outliers = hosts.outlier_dims(host_name) if options.host_outliers else None
+        host_name, edit = rec.meta["host"]["name"], rec.meta["host"].get("edit", "")
+        outliers = hosts.outlier_dims(host_name, edit) if options.host_outliers else None
         data = gradient_data(rec, options.gradients)
         site = rec.meta.get("irm_config", {}).get("site", "resid_mid")
-        grads = (data, hosts.residual_gradients(host_name, data, rec.layers, site)) if data is not None else None
+        grads = (data, hosts.residual_gradients(host_name, edit, data, rec.layers, site)) if data is not None else None
         where, shown_where = (out, shown) if len(inputs) == 1 else (out / label, shown / label)
         summary, profile = analyze_recording(rec, where, options, outliers, grads, shown_as=shown_where)
+        if options.logit_lens:
+            summary = _add_logit_lens(summary, rec, Path(path), where, shown_where, hosts)
         summaries.append({"input": str(path), "label": label, **summary})
-        profiles.setdefault(f"{host_name} (hidden {rec.hidden_size})", {})[label] = profile
+        group = f"{host_name} (hidden {rec.hidden_size})"
+        for basis in ("host", "irm"):
+            profiles[basis].setdefault(group, {})[label] = profile[basis]
     if len(inputs) == 1:
         return summaries[0]
-    report = {host: consistency(runs, options.k) for host, runs in profiles.items()}
+    report = {host: consistency(runs, options.k) for host, runs in profiles["host"].items()}
+    report_irm = {host: consistency(runs, options.k) for host, runs in profiles["irm"].items()}
     (out / "consistency.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    combined = {"runs": summaries, "consistency": report}
+    (out / "consistency_irm_basis.json").write_text(json.dumps(report_irm, indent=2) + "\n", encoding="utf-8")
+    combined = {"runs": summaries, "consistency": report, "consistency_irm_basis": report_irm}
     (out / "summary.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
     return combined
+
+
+def _add_logit_lens(summary: dict[str, Any], rec: Recording, path: Path, out: Path, shown: Path, hosts: _Hosts) -> dict[str, Any]:
+    """Write ``logit_lens.json`` (:mod:`irm.analysis.logit_lens`) beside the summary and add
+    its short form to it: the layer means' and the top indices' lens, and, for a run
+    directory (whose IRM can be run again), the direct effect of the last k layers."""
+    from irm.analysis.logit_lens import direct_effect, index_lens, layer_mean_lens
+
+    options = hosts.options
+    host = hosts.host(rec.meta["host"]["name"], rec.meta["host"].get("edit", ""))
+    lens: dict[str, Any] = {
+        "layer_means": layer_mean_lens(host, rec.outputs, rec.layers, options.lens_tokens),
+        "top_indices": index_lens(host, rec.outputs, summary["top_k"]["indices"], options.lens_tokens),
+    }
+    run = RunDir(path)
+    if run.irm.is_dir():
+        from irm.core.network import IRM
+
+        irm = IRM.from_pretrained(run.irm, host, device=host.device)
+        prompts = read_prompts(options.prompts, limit=options.prompt_limit)
+        lens["direct_effect"] = direct_effect(host, irm, prompts, k=options.lens_tokens)
+    (out / "logit_lens.json").write_text(json.dumps(lens, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    words = {
+        "top_indices": {row["index"]: [t["token"] for t in row["promoted"][:5]] for row in lens["top_indices"]},
+        "last_layer_mean": [t["token"] for t in lens["layer_means"][-1]["promoted"][:5]],
+    }
+    if "direct_effect" in lens:
+        words["direct_effect_share"] = {row["last_k"]: round(row["share_of_full_change"], 4) for row in lens["direct_effect"]["depths"]}
+    summary = {**summary, "logit_lens": words, "files": [*summary["files"], str(shown / "logit_lens.json")]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

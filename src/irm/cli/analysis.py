@@ -34,10 +34,10 @@ def _irm_dir(path: Path) -> Path:
 def _load(irm_path: Path, host_name: str | None, device: str, force: bool) -> tuple[Any, Any]:
     from irm.core.config import IRMConfig
     from irm.core.network import IRM
-    from irm.hosts.loading import load_host
+    from irm.hosts.loading import load_host_for
 
     directory = _irm_dir(irm_path)
-    host = load_host(host_name or IRMConfig.load(directory).host.name, device=device)
+    host = load_host_for(IRMConfig.load(directory).host, host_name, device=device)
     return host, IRM.from_pretrained(directory, host, check_host=not force, device=host.device)
 
 
@@ -150,6 +150,14 @@ def analyze(
         ),
     ] = "none",
     gradient_rows: Annotated[int, Opt(min=1, help="Rows (a seeded sample) for --gradients.")] = 32,
+    logit_lens: Annotated[
+        bool,
+        Opt(
+            "--logit-lens",
+            help="Also write logit_lens.json: tokens promoted/suppressed by each layer's mean output and each top index through "
+            "the final norm and LM head, and (for run directories) the logit change from injecting only the last k layers.",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -163,6 +171,9 @@ def analyze(
 
     --gradients train asks why stripes appear: the host's own loss gradient at each injected
     layer, before any IRM; if it points the same way in every layer, so will the IRM.
+
+    An IRM trained with --output-rotation is analysed in both bases: the host's (what is
+    injected) and its own (before R); the table's "IRM basis" column gives the latter.
     """
     from irm.analysis.pipeline import AnalyzeOptions
     from irm.analysis.pipeline import analyze as run_analyze
@@ -179,6 +190,7 @@ def analyze(
         device=device,
         gradients=gradients,
         gradient_rows=gradient_rows,
+        logit_lens=logit_lens,
     )
     result = run_analyze(inputs, out, options)
     if as_json:
@@ -186,7 +198,7 @@ def analyze(
         return
     runs = result["runs"] if "runs" in result else [{"label": inputs[0].name, **result}]
     table = Table(title=f"IRM output analysis -> {out}")
-    for col in ("run", "tokens", "striation", "layer share", f"top {min(k, 5)} indices (share)", "Hoyer"):
+    for col in ("run", "tokens", "striation", "layer share", f"top {min(k, 5)} indices (share)", "Hoyer", "IRM basis: striation, top 3"):
         table.add_column(col)
     for run in runs:
         top = run["top_k"]
@@ -198,6 +210,7 @@ def analyze(
             f"{run['striation']['layer_share']:.3f}",
             shown,
             f"{run['sparsity']['hoyer']['mean']:.3f}",
+            _irm_basis_cell(run.get("irm_basis", {})),
         )
     console.print(table)
     for run in runs:
@@ -216,12 +229,26 @@ def analyze(
                 f"striation {g['striation']:.3f}, top indices {g['top_indices'][:5]}, "
                 f"Spearman with the IRM's index profile {g['spearman_with_irm_profile']:.3f}"
             )
+    for run in runs:
+        lens = run.get("logit_lens")
+        if lens:
+            console.print(f"{run['label']}: logit lens, last layer's mean promotes {lens['last_layer_mean']}")
+            for index, tokens in list(lens["top_indices"].items())[:3]:
+                console.print(f"  index {index} promotes {tokens}")
+            if "direct_effect_share" in lens:
+                console.print(f"  share of the logit change from the last k layers only: {lens['direct_effect_share']}")
     for host_key, report in result.get("consistency", {}).items():
         first = report["most_often_first"]
         console.print(
             f"{host_key}: index {first['index']} ranked first in {first['runs']} of {first['of']} runs; "
             f"mean top-{k} Jaccard {report['mean_jaccard']:.3f}"
         )
+
+
+def _irm_basis_cell(basis: dict[str, Any]) -> str:
+    if not basis.get("rotated"):
+        return "same"
+    return f"{basis['striation']['score']:.3f}; " + ", ".join(str(i) for i in basis["top_k"]["indices"][:3])
 
 
 def ablate(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostOpt, JsonOpt, console
+from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostEditOpt, HostOpt, JsonOpt, console
 from irm.errors import IRMError
 from irm.training.rundir import irm_dir_of
 
@@ -52,6 +52,7 @@ def _cell(estimate: Any) -> str:
 def evaluate(
     irm: Annotated[list[str], typer.Option("--irm", help="[NAME=]DIR of an IRM, low-rank IRM or steering vector; repeat to compare.")],
     host: HostOpt = DEFAULT_HOST,
+    host_edit: HostEditOpt = "none",
     strength: Annotated[str, typer.Option(help="Strength(s), comma-separated: a sweep such as 0,0.5,1,2,4 (0 = host alone).")] = "1",
     prompts: Annotated[
         str, typer.Option(help="Held-out prompts: a file with a question/prompt/text column, or builtin:NAME.")
@@ -96,7 +97,7 @@ def evaluate(
     paths = parse_adapter_specs(irm)
     check_report_dir(out, overwrite=overwrite)  # before any slow work: an existing evaluation is kept
     prompt_list = read_prompts(prompts, limit=max_prompts)
-    loaded = load_host(host, device=device)
+    loaded = load_host(host, device=device, edit=host_edit)
     adapters = {name: load_adapter(path, loaded, check_host=not force, device=loaded.device) for name, path in paths.items()}
     report = run_evaluate(
         loaded,

@@ -9,13 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostOpt, JsonOpt, console
+from irm.cli.options import DEFAULT_HOST, DeviceOpt, HostEditOpt, HostOpt, JsonOpt, console
 from irm.errors import IRMError
 
 
 def generate(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt; repeat for a batch.")],
     host: HostOpt = DEFAULT_HOST,
+    host_edit: HostEditOpt = "none",
     irm: Annotated[str, typer.Option("--irm", help="IRM or steering-vector directory, or 'none' for the bare host.")] = "none",
     strength: Annotated[float, typer.Option(help="Scale of the IRM output; 0 = bare host.")] = 1.0,
     compare: Annotated[bool, typer.Option("--compare", help="Show host-only and IRM text side by side.")] = False,
@@ -46,7 +47,7 @@ def generate(
     use_irm = irm.lower() != "none"
     if compare and not use_irm:
         raise IRMError("--compare needs an IRM to compare against", hint="pass --irm DIR")
-    loaded_host = load_host(host, device=device)
+    loaded_host = load_host(host, device=device, edit=host_edit)
     check_prompt_lengths(loaded_host, prompt, max_new_tokens=max_new_tokens, chat=chat)
     model = load_adapter(irm, loaded_host, check_host=not force, device=loaded_host.device) if use_irm else None
     options = dict(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature, top_p=top_p, seed=seed, chat=chat)

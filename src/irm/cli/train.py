@@ -10,6 +10,7 @@ import typer
 
 from irm.cli.options import console
 from irm.core.config import spec_help
+from irm.hosts.interventions import HOST_EDIT_HELP
 from irm.training.config import TrainConfig
 
 Opt = typer.Option
@@ -30,7 +31,12 @@ def train(
     epochs: Annotated[Optional[int], Opt(help="Maximum epochs [15].")] = None,
     max_steps: Annotated[Optional[int], Opt(help="Stop after this many optimizer steps (-1: off).")] = None,
     batch_size: Annotated[Optional[int], Opt(help="Rows per batch per device [8].")] = None,
-    lr: Annotated[Optional[float], Opt(help="Adam learning rate [1e-4].")] = None,
+    lr: Annotated[Optional[float], Opt(help="Learning rate [1e-4] (SGD needs a much larger one: docs/findings.md).")] = None,
+    optimizer: Annotated[Optional[str], Opt(help="adam (the paper's) or sgd (with --momentum) [adam].")] = None,
+    momentum: Annotated[Optional[float], Opt(help="Momentum of --optimizer sgd [0.9].")] = None,
+    output_rotation: Annotated[Optional[int], Opt(help=spec_help("output_rotation"))] = None,
+    input_rotation: Annotated[Optional[int], Opt(help=spec_help("input_rotation"))] = None,
+    host_edit: Annotated[Optional[str], Opt(help=HOST_EDIT_HELP)] = None,
     warmup_steps: Annotated[
         Optional[int], Opt(help="Linear learning-rate warm-up over N steps; stops the first Adam steps from overshooting at high --lr [0].")
     ] = None,

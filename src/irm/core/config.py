@@ -32,6 +32,10 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _seed(value: object) -> bool:
+    return value is None or (_whole(value) and 0 <= value < 2**63)  # type: ignore[operator]
+
+
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
@@ -60,6 +64,18 @@ class IRMSpec:
         default="zeros", metadata=_help("zeros (the IRM starts as the identity on the host) or default (PyTorch's init).")
     )
     """``zeros``: the IRM starts as the identity on the host; ``default``: PyTorch's init."""
+    output_rotation: int | None = field(
+        default=None,
+        metadata=_help(
+            "Basis test: the IRM writes its output in a fixed random orthogonal basis per injected layer, "
+            "drawn from this seed; the host receives R @ out (see irm.core.rotation)."
+        ),
+    )
+    """Seed of the fixed orthogonal matrices ``R_l`` (:mod:`irm.core.rotation`); None: no rotation."""
+    input_rotation: int | None = field(
+        default=None, metadata=_help("Basis test: the IRM reads Q @ h, Q a fixed random orthogonal matrix from this seed.")
+    )
+    """Seed of the fixed orthogonal matrix ``Q`` applied to the IRM's input; None: none."""
 
     def __post_init__(self) -> None:
         for name, ok, rule, _ in self.spec_checks():
@@ -82,6 +98,8 @@ class IRMSpec:
             ),
             ("rank", self.rank is None or (_whole(self.rank) and self.rank >= 1), "must be a whole number >= 1", "64"),
             ("output_init", isinstance(self.output_init, str) and self.output_init in OUTPUT_INITS, "must be zeros or default", "zeros"),
+            ("output_rotation", _seed(self.output_rotation), "must be a whole number >= 0 (a seed)", "1"),
+            ("input_rotation", _seed(self.input_rotation), "must be a whole number >= 0 (a seed)", "1"),
         ]
 
     def irm_spec(self) -> IRMSpec:
@@ -90,6 +108,14 @@ class IRMSpec:
 
 
 SPEC_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(IRMSpec))
+ABSENT_WHEN_DEFAULT: dict[str, Any] = {"output_rotation": None, "input_rotation": None, "rotation_sha256": ""}
+"""Fields added after the first file format: left out of the flat files while at their
+default, so that files written without them stay byte for byte the same."""
+
+
+def without_defaults(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the keys of ``defaults`` that hold their default value."""
+    return {key: value for key, value in data.items() if key not in defaults or value != defaults[key]}
 
 
 def spec_fields(spec: IRMSpec) -> dict[str, Any]:
@@ -126,9 +152,11 @@ class HostIdentity:
     num_layers: int
     fingerprint: str = ""
     """Hash of a slice of the input embedding (see :func:`irm.hosts.loading.host_fingerprint`)."""
+    edit: str = ""
+    """The host edit the IRM was made on (:mod:`irm.hosts.interventions`; empty: none)."""
 
     def __post_init__(self) -> None:
-        for name in ("name", "architecture", "model_type", "fingerprint"):
+        for name in ("name", "architecture", "model_type", "fingerprint", "edit"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise IRMError(f"host.{name} must be text, got {value!r}", hint="fix host in the file, or re-save this IRM")
@@ -147,6 +175,9 @@ class IRMConfig(IRMSpec):
     layers: list[int] = field(kw_only=True, metadata=_help(LAYERS_HELP))
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    rotation_sha256: str = ""
+    """Checksum of the rotation matrices (:func:`irm.core.rotation.rotation_digest`), checked
+    when the IRM is built from this config; empty for an IRM without rotation."""
 
     def __post_init__(self) -> None:
         if isinstance(self.host, dict):
@@ -167,6 +198,8 @@ class IRMConfig(IRMSpec):
             raise IRMError(f"format_version must be a whole number, got {self.format_version!r}", hint=f"use {FORMAT_VERSION}")
         if not isinstance(self.extra, dict):
             raise IRMError(f"extra must be an object, got {self.extra!r}", hint="use {} for no extra fields")
+        if not isinstance(self.rotation_sha256, str):
+            raise IRMError(f"rotation_sha256 must be text, got {self.rotation_sha256!r}", hint="re-save this IRM")
         super().__post_init__()
         if not self.layers:
             raise IRMError("an IRM needs at least one injected layer", hint="use --layers all or e.g. --layers 0-7")
@@ -217,7 +250,9 @@ class IRMConfig(IRMSpec):
         return count
 
     def to_dict(self) -> dict[str, Any]:
-        return spec_ordered(dataclasses.asdict(self), ("host", "layers"))
+        data = without_defaults(spec_ordered(dataclasses.asdict(self), ("host", "layers")), ABSENT_WHEN_DEFAULT)
+        data["host"] = without_defaults(data["host"], {"edit": ""})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IRMConfig:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from irm.core.config import CONFIG_NAME, IRMConfig, IRMSpec, spec_fields
 from irm.core.io import atomic_write_all, safetensors_os_errors
 from irm.core.layers import parse_layers
+from irm.core.rotation import input_rotation, output_rotations, rotation_digest
 from irm.errors import IRMError, IRMMismatchError, writing
 
 if TYPE_CHECKING:
@@ -29,7 +30,15 @@ class IRM(nn.Module):
     ``forward`` maps ``(..., H)`` to ``(..., H, L)``: the last linear's output is viewed
     with the *layer* index fastest, as in the published implementation, and
     ``out[..., k]`` is the vector for ``config.layers[k]``.
+
+    With ``config.output_rotation`` (or ``input_rotation``) set, fixed orthogonal matrices
+    (:mod:`irm.core.rotation`, buffers that are neither trained nor saved) turn the network's
+    output ``own`` into ``R_k @ own[..., k]`` (and its input ``h`` into ``Q @ h``):
+    ``forward`` returns what the host receives, :meth:`own_basis` maps it back.
     """
+
+    output_rotation: Tensor | None
+    input_rotation: Tensor | None
 
     def __init__(self, config: IRMConfig, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
         super().__init__()
@@ -46,7 +55,29 @@ class IRM(nn.Module):
             modules.append(nn.Linear(last, config.rank, bias=False, dtype=dtype, device=device))
             modules.append(nn.Linear(config.rank, out, dtype=dtype, device=device))
         self.net = nn.Sequential(*modules)
+        self._build_rotations(dtype, device)
         self.reset_parameters()
+
+    def _build_rotations(self, dtype: torch.dtype, device: torch.device | str | None) -> None:
+        """Regenerate the rotation matrices from their seeds and check them against the
+        checksum in the config (set it, for a new IRM). On the meta device they are built
+        on the CPU (they are not weights that a load would fill in)."""
+        config = self.config
+        out = output_rotations(config.output_rotation, config.layers, config.hidden_size) if config.output_rotation is not None else None
+        inp = input_rotation(config.input_rotation, config.hidden_size) if config.input_rotation is not None else None
+        if out is not None or inp is not None:
+            digest = rotation_digest(out, inp)
+            if config.rotation_sha256 and config.rotation_sha256 != digest:
+                raise IRMMismatchError(
+                    f"the rotation matrices regenerated from seeds output={config.output_rotation}, input={config.input_rotation} "
+                    f"have checksum {digest}, the IRM was trained with {config.rotation_sha256}",
+                    hint="this irm (or numpy) draws other matrices from the same seed than the one that trained the IRM; "
+                    "load it with the numpy version it was made with",
+                )
+            config.rotation_sha256 = digest
+        place = None if device is None or torch.device(device).type == "meta" else device
+        for name, matrix in (("output_rotation", out), ("input_rotation", inp)):
+            self.register_buffer(name, None if matrix is None else matrix.to(device=place, dtype=dtype), persistent=False)
 
     def reset_parameters(self) -> None:
         """PyTorch's default init for every linear; the output layer zeroed if
@@ -90,8 +121,25 @@ class IRM(nn.Module):
         return last
 
     def forward(self, hidden: Tensor) -> Tensor:
+        """The vectors the host receives, ``(..., hidden, layers)``."""
+        out = self.own_output(hidden)
+        if self.output_rotation is None:
+            return out
+        return torch.einsum("...hk,kgh->...gk", out, self.output_rotation)
+
+    def own_output(self, hidden: Tensor) -> Tensor:
+        """The network's output in its own basis (before ``R``), ``(..., hidden, layers)``."""
+        if self.input_rotation is not None:
+            hidden = hidden @ self.input_rotation.T
         out: Tensor = self.net(hidden)
         return out.view(*hidden.shape[:-1], self.config.hidden_size, self.config.num_injected)
+
+    def own_basis(self, delta: Tensor) -> Tensor:
+        """Map ``(..., hidden, layers)`` vectors in the host's basis to the IRM's own
+        (``R_k^T`` per layer); the identity without an output rotation."""
+        if self.output_rotation is None:
+            return delta
+        return torch.einsum("...gk,kgh->...hk", delta, self.output_rotation.to(delta.dtype))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

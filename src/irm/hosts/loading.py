@@ -53,6 +53,8 @@ class Host:
     tokenizer: PreTrainedTokenizerBase | None
     name: str
     spec: ArchitectureSpec
+    edit: str = ""
+    """The edit applied after loading (:mod:`irm.hosts.interventions`; ``""``: none)."""
 
     def require_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer, or a :class:`HostError` saying this host has none."""
@@ -98,6 +100,7 @@ class Host:
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
             fingerprint=host_fingerprint(self.model),
+            edit=self.edit,
         )
 
 
@@ -126,6 +129,13 @@ def embedding_fingerprint(weight: torch.Tensor) -> str:
 def check_host_matches(config: IRMConfig, host: Host) -> None:
     """Refuse an IRM made for another host, naming both."""
     want, have = config.host, host.identity()
+    if want.edit != have.edit:
+        shown = {"": "no edit"}
+        raise IRMMismatchError(
+            f"this IRM was made on host {want.name!r} with {shown.get(want.edit, 'edit ' + repr(want.edit))}, "
+            f"and the host given has {shown.get(have.edit, 'edit ' + repr(have.edit))}",
+            hint=f"load the host with --host-edit {want.edit or 'none'}",
+        )
     problems = []
     for field in ("model_type", "hidden_size", "num_layers", "fingerprint"):
         a, b = getattr(want, field), getattr(have, field)
@@ -210,8 +220,13 @@ def load_host(
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = "auto",
     allow_download: bool = False,
+    edit: str = "none",
 ) -> Host:
-    """Load a host, frozen: eval mode and no parameter requires grad."""
+    """Load a host, frozen: eval mode and no parameter requires grad; ``edit`` (``untie``,
+    ``fold-norm``, ``permute:SEED``: :mod:`irm.hosts.interventions`) is applied last."""
+    from irm.hosts.interventions import apply_host_edit, parse_host_edit
+
+    parsed = parse_host_edit(edit)  # a bad edit is refused before the slow load
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if name_or_path in BUILTIN_HOSTS:
@@ -228,7 +243,15 @@ def load_host(
     spec = resolve_architecture(model)
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Host(model=model, tokenizer=tokenizer, name=name_or_path, spec=spec)
+    if parsed.kind:
+        apply_host_edit(model, parsed)
+    return Host(model=model, tokenizer=tokenizer, name=name_or_path, spec=spec, edit=parsed.name)
+
+
+def load_host_for(identity: HostIdentity, name: str | None = None, *, device: str | torch.device | None = "auto") -> Host:
+    """The host an IRM was made for (``identity``: its config's ``host``), with the same
+    edit; ``name`` loads another host by that name instead (with the same edit)."""
+    return load_host(name or identity.name, device=device, edit=identity.edit or "none")
 
 
 def _load_pretrained(name_or_path: str, dtype: torch.dtype, allow_download: bool) -> tuple[Any, Any]:

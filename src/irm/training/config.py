@@ -15,12 +15,16 @@ from typing import Any
 
 import yaml
 
-from irm.core.config import LAYERS_HELP, IRMSpec, spec_ordered
+from irm.core.config import ABSENT_WHEN_DEFAULT, LAYERS_HELP, IRMSpec, spec_ordered, without_defaults
 from irm.errors import IRMError, writing
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
 HOST_DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+OPTIMIZERS = ("adam", "sgd")
+ADDED_SETTINGS: dict[str, Any] = {**ABSENT_WHEN_DEFAULT, "host_edit": "none", "optimizer": "adam", "momentum": 0.9}
+"""Settings added after the first ``config.yaml`` format: written only when set, so that a
+run's file without them reads back byte for byte."""
 ALIASES = {
     # names other training tools use for the same setting
     "learning_rate": "lr",
@@ -67,6 +71,8 @@ class TrainConfig(IRMSpec):
     host: str = "smollm2-135m-instruct"
     data: str = "builtin:anger"
     layers: str = field(default="all", metadata={"help": LAYERS_HELP})
+    host_edit: str = "none"
+    """A function-preserving (or head) edit of the host before training (:mod:`irm.hosts.interventions`)."""
     # data
     max_length: int = 128
     loss_on: str = "answer"
@@ -80,6 +86,9 @@ class TrainConfig(IRMSpec):
     max_steps: int = -1
     batch_size: int = 8
     lr: float = 1e-4
+    optimizer: str = "adam"
+    """adam (the paper's) or sgd (with ``momentum``): the basis test of docs/findings.md."""
+    momentum: float = 0.9
     gamma: float = 0.85
     warmup_steps: int = 0
     """Ramp the learning rate linearly from lr/N to lr over the first N optimizer steps (0: off, as the paper)."""
@@ -120,6 +129,9 @@ class TrainConfig(IRMSpec):
             ("epochs", self.epochs >= 1, "must be >= 1", "15"),
             ("max_steps", self.max_steps == -1 or self.max_steps >= 1, "must be -1 (off) or >= 1", "-1"),
             ("lr", finite(self.lr) and self.lr > 0, "must be a positive number", "1e-4"),
+            ("optimizer", self.optimizer in OPTIMIZERS, "must be adam or sgd", "sgd"),
+            ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "must be in [0, 1)", "0.9"),
+            ("host_edit", _host_edit_ok(self.host_edit), "must be none, untie, fold-norm or permute:SEED", "fold-norm"),
             ("gamma", finite(self.gamma) and 0 < self.gamma <= 1, "must be in (0, 1]", "0.85"),
             ("patience", self.patience >= 1, "must be >= 1", "6"),
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0", "8"),
@@ -150,7 +162,7 @@ class TrainConfig(IRMSpec):
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        return spec_ordered(dataclasses.asdict(self), ("host", "data", "layers"))
+        return without_defaults(spec_ordered(dataclasses.asdict(self), ("host", "data", "layers")), ADDED_SETTINGS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainConfig:
@@ -193,6 +205,16 @@ class TrainConfig(IRMSpec):
     def save(self, path: str | Path) -> None:
         with writing(path):
             Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _host_edit_ok(value: object) -> bool:
+    from irm.hosts.interventions import parse_host_edit
+
+    try:
+        parse_host_edit(value)
+    except IRMError:
+        return False
+    return True
 
 
 def option(key: str) -> str:

@@ -237,7 +237,11 @@ class IRMTrainingModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.irm.parameters() if p.requires_grad]
         fused = self.device.type == "cuda"
-        optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=fused or None)
+        optimizer: torch.optim.Optimizer
+        if self.config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum, fused=fused or None)
+        else:
+            optimizer = torch.optim.Adam(params, lr=self.config.lr, fused=fused or None)
         decay = {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.config.gamma), "interval": "epoch"}
         if not self.config.warmup_steps:
             return {"optimizer": optimizer, "lr_scheduler": decay}

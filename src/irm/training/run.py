@@ -357,6 +357,9 @@ def _tokenize(config: TrainConfig, host: Host, splits: dict[str, list[Row]]) -> 
 def _build_irm(config: TrainConfig, host: Host) -> IRM:
     irm = IRM.for_host(host, config.layers, config.irm_spec(), seed=config.seed)
     irm.config.extra["data"] = config.data  # tells `irm evaluate` the target emotion
+    irm.config.extra["optimizer"] = {"name": config.optimizer, "lr": config.lr}
+    if config.optimizer == "sgd":
+        irm.config.extra["optimizer"]["momentum"] = config.momentum
     return irm
 
 
@@ -547,7 +550,7 @@ def _train(
     # Everything is checked before the run directory is written.
     with _quiet_lightning():
         pl.seed_everything(config.seed, workers=True, verbose=False)
-        host = load_host(config.host, dtype=config.host_dtype, device="cpu")
+        host = load_host(config.host, dtype=config.host_dtype, device="cpu", edit=config.host_edit)
         tokenizer = host.require_tokenizer()  # training needs text: refuse a model-only folder before any work
         examples, reports = _tokenize(config, host, inputs.splits)
         irm = _build_irm(config, host)
