@@ -370,3 +370,31 @@ def test_training_console_is_one_bar_and_leaves_the_callers_settings_alone(tmp_p
     err = captured.out + captured.err  # Lightning's bar writes to stdout
     assert "2/2 [" in err and "train_loss" in err  # the bar runs to max_steps and shows the loss
     assert "v_num" not in err and "Validation" not in err and "Testing" not in err and "Warning" not in err
+
+
+def test_sigterm_in_the_last_batch_of_an_epoch_resumes_to_the_same_irm(tmp_path):
+    """A SIGTERM that lands while an epoch's last batch runs: Lightning would restore a
+    checkpoint taken right after that batch as a finished epoch (one epoch ahead, so other
+    batches); the run keeps the previous checkpoint instead, and the resume is exact."""
+    import lightning.pytorch as pl
+
+    data = write_qa(tmp_path / "qa.jsonl", n=48)
+
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(
+            host="tiny-random-llama", data=str(data), out=out, max_steps=24, batch_size=4, checkpoint_every=3, lr=1e-3, seed=3
+        )
+
+    class TermInLastBatch(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    reference = train(config(str(tmp_path / "ref")), progress=False)
+    with pytest.raises(irm.IRMError, match="stopped by SIGTERM"):
+        train(config(str(tmp_path / "run")), progress=False, callbacks=[TermInLastBatch()])
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved % 3 == 0 and saved < 10  # the last periodic checkpoint, not one after the last batch
+    resumed = train(config(str(tmp_path / "run")), progress=False, resume=tmp_path / "run")
+    ref, got = _weights(reference.run_dir), _weights(resumed.run_dir)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)

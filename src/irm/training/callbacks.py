@@ -95,6 +95,12 @@ class PeriodicCheckpoint(pl.Callback):
         self.every = every
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Lightning restores a checkpoint taken after an epoch's last batch but before its
+            # end as a finished epoch and counts one epoch too many, so the resumed run drew
+            # other batches. The epoch-end save below (after validation) is exact; a SIGTERM in
+            # the last batch keeps the previous checkpoint.
+            return
         due = trainer.global_step > 0 and trainer.global_step % self.every == 0
         if (due or trainer.received_sigterm) and _step_boundary(trainer):
             self._save(trainer, module)
