@@ -125,8 +125,9 @@ def basis_table() -> list[str]:
             f"{_scaled(basis_dir() / run['label'], 'mean_abs_map_irm_basis.npy' if run['irm_basis']['rotated'] else 'mean_abs_map.npy')} | "
             f"{_depth_ratio(basis_dir() / run['label'])} |"
         )
-    noise = _runs(basis_dir())[0]["striation"]["noise_level"]
-    out.append(f"\nNoise level of the striation score: {noise:.3f}; an even spread gives each index 1/576 = 0.17%.")
+    first = _runs(basis_dir())[0]
+    noise, hidden = first["striation"]["noise_level"], first["hidden_size"]
+    out.append(f"\nNoise level of the striation score: {noise:.3f}; an even spread gives each index 1/{hidden} = {1 / hidden:.2%}.")
     return out
 
 
