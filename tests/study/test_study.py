@@ -62,7 +62,9 @@ def test_study_killed_with_sigkill_resumes_and_writes_findings_and_report(tmp_pa
     out = tmp_path / "study"
     runs = study_runs(StudyConfig(host=TINY, out=str(out), **TINY_SETTINGS))
     first = runs[0].run_dir / "summary.json"
-    proc = subprocess.Popen(_args(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    # with two of the basis tests (docs/findings.md 6): given once, recorded in study.json, kept by --resume
+    basis = ["--output-rotation", "1", "--host-edit", "permute:1"]
+    proc = subprocess.Popen(_args(out, *basis), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     deadline = time.time() + 120
     while not first.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -106,8 +108,21 @@ def test_study_killed_with_sigkill_resumes_and_writes_findings_and_report(tmp_pa
     assert [a["alignment"] for a in findings["ablation"]] == ["anger", "joy"]
     assert all(len(a["indices"]) == 2 and len(a["random_k_removed"]) <= 1 for a in findings["ablation"])
     assert row["gradient"]["spearman_with_irm_profile"]["n"] == 4 and row["gradient"]["adjacent_layer_cosine"]["mean"] > 0
+    # the basis tests: every run trained on the edited host through R, analysed in both bases, with the logit lens
+    assert findings["settings"]["output_rotation"] == 1 and row["basis_test"] == {"output_rotation": 1, "host_edit": "permute:1"}
+    assert findings["host"]["edit"] == "permute:1"
+    assert all("output_rotation: 1" in (r.run_dir / "config.yaml").read_text() for r in runs)
+    own = row["irm_basis"]
+    assert own["runs"] == 4 and set(own["striation"]) == {"all", "0-1"} and own["consistency"]["top_k_jaccard"]["all_pairs"]["pairs"] == 6
+    assert all(0 < r["irm_basis_striation"] <= 1 and len(r["irm_basis_top_indices"]) == 4 for r in findings["runs"])
+    lens = row["logit_lens"]
+    assert lens["top_index"]["index"] == top["index"] and len(lens["top_index"]["promoted"]) == 5
+    assert set(lens["last_layer_mean_promotes"]) == {"anger", "joy"}
+    assert {k: sorted(v) for k, v in lens["direct_effect_share"].items()} == {"all": ["1", "2", "4"], "0-1": ["1", "2"]}
+    assert all(v["n"] == 2 for v in lens["direct_effect_share"]["all"].values())
     page = (out / "report.html").read_text()
     assert "irm study: tiny-random-llama" in page and "Findings" in page and "data:image/png;base64" in page
+    assert "output rotation 1, host edit permute:1" in page and "own basis (before R)" in page and "direct effect" in page
     (out / "report.html").unlink()
     assert build_report(out) == out / "report.html" and (out / "report.html").read_text() == page  # `irm report DIR` draws the same page
 
@@ -165,6 +180,10 @@ def test_overwrite_replaces_only_a_study_and_resume_keeps_its_settings(tmp_path)
         ({"lr": float("inf")}, "--lr inf"),
         ({"alignments": ["anger", "builtin:anger"]}, "names an alignment twice"),
         ({"layers": []}, "--layers"),
+        ({"optimizer": "rmsprop"}, "--optimizer 'rmsprop': must be adam or sgd"),
+        ({"momentum": 1.0}, "--momentum 1.0"),
+        ({"output_rotation": -1}, "--output-rotation -1"),
+        ({"host_edit": "rotate"}, "--host-edit 'rotate'"),
     ],
 )
 def test_bad_settings_are_refused_with_the_option_named(changes, message):
@@ -211,3 +230,33 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, monkeypatch, 
     code, err = _main(["study", TINY, "--out", str(out), "--layers", "all", *flags, "--no-progress"], monkeypatch, capsys)
     assert code == 2 and message in err and "error:" in err and "fix:" in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []  # no study folder, no lock file, no parent folder
+
+
+def test_basis_test_settings_are_recorded_only_when_set_and_resume_refuses_a_change(tmp_path):
+    from irm.study.runner import _check_same_settings
+    from irm.training.config import TrainConfig
+
+    plain = _config(tmp_path / "plain")
+    assert plain.basis_test() == {} and not {"optimizer", "momentum", "host_edit", "output_rotation"} & set(plain.to_dict())
+    assert not {"optimizer", "host_edit", "output_rotation"} & set(plain.train_base())  # the runs' settings of earlier studies
+
+    test = _config(tmp_path / "test", optimizer="sgd", lr=0.01, momentum=0.5, output_rotation=3, input_rotation=4, host_edit="Permute:2")
+    assert test.basis_test() == {"optimizer": "sgd", "momentum": 0.5, "output_rotation": 3, "input_rotation": 4, "host_edit": "permute:2"}
+    run = TrainConfig.from_dict({**study_runs(test)[0].settings, "out": "r"})
+    assert (run.optimizer, run.momentum, run.output_rotation, run.input_rotation, run.host_edit, run.lr) == (
+        "sgd",
+        0.5,
+        3,
+        4,
+        "permute:2",
+        0.01,
+    )
+    assert StudyConfig.from_dict(test.to_dict()) == test
+
+    out = tmp_path / "old"  # a study.json written before the basis tests existed: no such keys
+    _study_folder(out, _config(out))
+    assert "optimizer" not in json.loads(StudyDir(out).config.read_text())["settings"]
+    _check_same_settings(StudyDir(out), _config(out))  # resumes as it was
+    _check_same_settings(StudyDir(out), _config(out, optimizer="adam", host_edit="none"))  # the defaults, spelt out
+    with pytest.raises(IRMError, match=r"--optimizer was adam, now sgd; --output-rotation was None, now 1"):
+        run_study(_config(out, optimizer="sgd", output_rotation=1), resume=True)

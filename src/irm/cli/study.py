@@ -37,6 +37,11 @@ def study(
     max_rows: Annotated[Optional[int], Opt(help=help_of("max_rows"))] = None,
     rank: Annotated[Optional[int], Opt(help=help_of("rank") + " [off: the paper's IRM]")] = None,
     checkpoint_every: Annotated[Optional[int], Opt(help=help_of("checkpoint_every") + " [10]")] = None,
+    optimizer: Annotated[Optional[str], Opt(help=help_of("optimizer") + " [adam]")] = None,
+    momentum: Annotated[Optional[float], Opt(help=help_of("momentum") + " [0.9]")] = None,
+    output_rotation: Annotated[Optional[int], Opt(help=help_of("output_rotation") + " [off]")] = None,
+    input_rotation: Annotated[Optional[int], Opt(help=help_of("input_rotation") + " [off]")] = None,
+    host_edit: Annotated[Optional[str], Opt(help=help_of("host_edit") + " [none]")] = None,
     prompts: Annotated[Optional[str], Opt(help=help_of("prompts") + " [builtin:prompts]")] = None,
     record_prompts: Annotated[Optional[int], Opt(help=help_of("record_prompts") + " [8]")] = None,
     max_new_tokens: Annotated[Optional[int], Opt(help=help_of("max_new_tokens") + " [24]")] = None,
@@ -63,8 +68,13 @@ def study(
     """Run the paper's battery on one host: train alignments x seeds x layer sets, record
     each IRM, measure stripes and dominant indices against the noise level, their
     consistency across runs, the host's massive-activation dimensions, the host's loss
-    gradient, and ablate the top-k indices against random ones. Writes OUT/findings.json
-    (the host's row of the cross-host table) and OUT/report.html.
+    gradient, the logit lens of the top indices and of the last layers, and ablate the top-k
+    indices against random ones. Writes OUT/findings.json (the host's row of the cross-host
+    table) and OUT/report.html.
+
+    The basis tests of docs/findings.md section 6 are options: --optimizer sgd (with its own
+    --lr), --output-rotation SEED (then every measure is also given in the IRMs' own basis),
+    --input-rotation SEED, --host-edit fold-norm|untie|permute:SEED.
 
     Every stage writes its outputs atomically and is skipped once done: after a crash or
     kill -9, the same command with --resume continues where it stopped.
@@ -76,6 +86,8 @@ def study(
       irm study tiny-random-llama --out /tmp/s --alignments anger --seeds 1 --layers all,0-1 --steps 4
 
       irm study gemma3-270m --out runs/study-gemma3 --resume            # continue after an interruption
+
+      irm study smollm2-135m-instruct --out runs/study-rot --output-rotation 1      # are the stripes the host's or Adam's?
     """
     from irm.study.runner import run_study, study_status
 

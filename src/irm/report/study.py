@@ -111,20 +111,66 @@ def headline_records(row: Mapping[str, Any]) -> list[dict[str, str]]:
             "value": f"{_spread(gradient.get('top_k_overlap'))} (chance {_num(gradient.get('expected_overlap_by_chance'))})",
         }
     )
+    out += basis_test_records(row)
     out.append({"measure": "training real tokens/s", "value": _spread(row.get("tokens_per_second"))})
     out.append({"measure": "test loss", "value": _spread(row.get("test_loss"))})
+    return out
+
+
+def basis_test_records(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The basis test's settings, the IRM-basis measures (with an output rotation) and the
+    logit lens's headline, one readable line each."""
+    out = []
+    test = row.get("basis_test") or {}
+    if test:
+        out.append({"measure": "basis test", "value": ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in test.items())})
+    own = row.get("irm_basis") or {}
+    for layers, s in (own.get("striation") or {}).items():
+        out.append(
+            {
+                "measure": f"striation in the IRMs' own basis (before R), layers {layers}",
+                "value": f"{_spread(s)}; noise level {_num(s['noise_level'])} ({_num(s.get('mean_over_noise'))}x)",
+            }
+        )
+    top = own.get("top_index")
+    if top:
+        out.append(
+            {
+                "measure": "top index in the IRMs' own basis",
+                "value": f"{top['index']}: first in {top['first_in_runs']} of {top['runs']} runs; mean share {_pct(top['mean_share'])}",
+            }
+        )
+    jaccard = (own.get("consistency") or {}).get("top_k_jaccard") or {}
+    if jaccard:
+        parts = [f"{name.replace('_', ' ')} {_num(v['mean'])} ({v['pairs']} pairs)" for name, v in jaccard.items()]
+        out.append({"measure": "top-k Jaccard in the IRMs' own basis", "value": "; ".join(parts)})
+    lens = row.get("logit_lens") or {}
+    if lens.get("top_index"):
+        out.append(
+            {
+                "measure": f"logit lens: tokens index {lens['top_index']['index']} promotes (through the final norm and LM head)",
+                "value": ", ".join(repr(t) for t in lens["top_index"]["promoted"]),
+            }
+        )
+    for alignment, tokens in (lens.get("last_layer_mean_promotes") or {}).items():
+        out.append({"measure": f"logit lens: the last layer's mean output promotes ({alignment})", "value": ", ".join(map(repr, tokens))})
+    for layers, depths in (lens.get("direct_effect_share") or {}).items():
+        shares = "; ".join(f"last {d}: {_spread(stats, _pct)}" for d, stats in depths.items())
+        out.append({"measure": f"direct effect: share of the full logit change, layers {layers}", "value": shares})
     return out
 
 
 def study_sections(directory: Path, findings: Mapping[str, Any]) -> list[Section]:
     row = findings["row"]
     sections = [Section("Findings", [table(headline_records(row), ["measure", "value"])])]
-    runs = [{k: r.get(k) for k in RUN_COLUMNS} for r in findings.get("runs", [])]
+    rotated = bool(row.get("irm_basis"))
+    columns = [*RUN_COLUMNS, *(("irm_basis_striation", "irm_basis_top_indices") if rotated else ())]
+    runs = [{k: r.get(k) for k in columns} for r in findings.get("runs", [])]
     sections.append(
         Section(
             "Runs",
             [
-                table(runs, list(RUN_COLUMNS)),
+                table(runs, columns),
                 Block(
                     "note",
                     text="irm_top_ranks_in_host_residual: rank of each IRM top index among the host's dims by peak |activation| (1 = largest).",
@@ -142,6 +188,10 @@ def study_sections(directory: Path, findings: Mapping[str, Any]) -> list[Section
         run = path.parent.name if path.parent.name != "analysis" else findings["runs"][0]["name"]
         heatmaps.append(image_block(path, f"mean |IRM output|: {run}"))
         heatmaps[-1].name = run
+        own = path.with_name("heatmap_mean_irm_basis.png")
+        if own.is_file():
+            heatmaps.append(image_block(own, f"mean |IRM output| in the IRM's own basis (before R): {run}"))
+            heatmaps[-1].name = f"{run} (IRM basis)"
     sections.append(Section("Mean |IRM output| per run (layer x hidden index)", heatmaps or [Block("note", text="(no heatmaps)")]))
     stages = [{"stage": name, "seconds": v["seconds"]} for name, v in findings.get("stages", {}).items()]
     stages.append({"stage": "total", "seconds": findings.get("total_seconds")})

@@ -46,7 +46,7 @@ class StudyConfig:
     # training, per run
     steps: int = field(default=30, metadata=_help("Optimizer steps per run."))
     batch_size: int = field(default=8, metadata=_help("Rows per step."))
-    lr: float = field(default=2e-3, metadata=_help("Adam learning rate."))
+    lr: float = field(default=2e-3, metadata=_help("Learning rate (the default is for Adam; --optimizer sgd needs its own)."))
     warmup_steps: int = field(
         default=6, metadata=_help("Linear learning-rate warm-up steps (keeps the first Adam steps from overshooting).")
     )
@@ -56,6 +56,29 @@ class StudyConfig:
         default=None, metadata=_help("Low-rank IRMs: factorise each IRM's output layer through this rank (less memory on large hosts).")
     )
     checkpoint_every: int = field(default=10, metadata=_help("Checkpoint each run every N steps (a killed run resumes from there)."))
+    # the basis tests of docs/findings.md section 6 (recorded only when set: see BASIS_TEST_DEFAULTS)
+    optimizer: str = field(
+        default="adam",
+        metadata=_help("adam (the paper's) or sgd (with --momentum; it needs its own --lr: 0.01 on SmolLM2, docs/findings.md 6.2)."),
+    )
+    momentum: float = field(default=0.9, metadata=_help("Momentum of --optimizer sgd."))
+    output_rotation: int | None = field(
+        default=None,
+        metadata=_help(
+            "Basis test: each IRM writes its output in fixed random orthogonal bases R_l drawn from this seed and the host "
+            "receives R_l @ out; striation, top indices and consistency are then also reported in the IRM's own basis."
+        ),
+    )
+    input_rotation: int | None = field(
+        default=None, metadata=_help("Basis test: each IRM reads Q @ h, Q a fixed random orthogonal matrix drawn from this seed.")
+    )
+    host_edit: str = field(
+        default="none",
+        metadata=_help(
+            "Edit the host for every stage: none, untie (own copy of a tied LM head), fold-norm (final-norm gains folded into "
+            "the LM head) or permute:SEED (residual basis permuted with the head and every layer); the last two keep its function."
+        ),
+    )
     # recording and analysis
     prompts: str = field(default="builtin:prompts", metadata=_help("Held-out prompts for recording and ablation (file or builtin:NAME)."))
     record_prompts: int = field(default=8, metadata=_help("Prompts recorded per run."))
@@ -79,6 +102,7 @@ class StudyConfig:
         self.alignments = [a.strip() for a in self.alignments if a.strip()]
         self.layers = [layer.strip() for layer in self.layers if layer.strip()]
         self.validate()
+        self.host_edit = _canonical_edit(self.host_edit) or "none"
 
     def validate(self) -> None:
         positive = ("seeds", "steps", "batch_size", "max_length", "checkpoint_every", "record_prompts", "max_new_tokens", "top_k")
@@ -95,6 +119,11 @@ class StudyConfig:
             ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
             ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a positive number"),
             ("massive_ratio", math.isfinite(self.massive_ratio) and self.massive_ratio > 1, "must be a number above 1"),
+            ("optimizer", self.optimizer in ("adam", "sgd"), "must be adam or sgd"),
+            ("momentum", math.isfinite(self.momentum) and 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("output_rotation", _is_seed(self.output_rotation), "must be a whole number >= 0 (a seed)"),
+            ("input_rotation", _is_seed(self.input_rotation), "must be a whole number >= 0 (a seed)"),
+            ("host_edit", _canonical_edit(self.host_edit) is not None, "must be none, untie, fold-norm or permute:SEED"),
             ("alignments", bool(self.alignments), "must name at least one alignment"),
             ("layers", bool(self.layers), "must name at least one layer set"),
         ]
@@ -113,9 +142,15 @@ class StudyConfig:
     def seed_list(self) -> list[int]:
         return list(range(1, self.seeds + 1))
 
+    def basis_test(self) -> dict[str, Any]:
+        """The basis-test settings that are set (not at their defaults): ``{}`` for the paper's battery."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in BASIS_TEST_DEFAULTS and v != BASIS_TEST_DEFAULTS[k]}
+
     def train_base(self) -> dict[str, Any]:
-        """The :class:`~irm.training.config.TrainConfig` settings every run shares."""
+        """The :class:`~irm.training.config.TrainConfig` settings every run shares (the basis
+        tests' only when set, so that a run's settings are those of earlier studies otherwise)."""
         return {
+            **self.basis_test(),
             "host": self.host,
             "max_steps": self.steps,
             "batch_size": self.batch_size,
@@ -135,7 +170,8 @@ class StudyConfig:
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as written to ``study.json`` (the basis tests' only when set)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in BASIS_TEST_DEFAULTS or v != BASIS_TEST_DEFAULTS[k]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "settings") -> StudyConfig:
@@ -151,6 +187,33 @@ class StudyConfig:
 
 
 WHERE_TO_RUN = ("device",)
+BASIS_TEST_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "output_rotation": None,
+    "input_rotation": None,
+    "host_edit": "none",
+}
+"""Settings added for the basis tests (issue 18), at their defaults: left out of ``study.json``
+and the runs' settings while unset, so that studies started before them read and resume as
+they were."""
+
+
+def _is_seed(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _canonical_edit(value: object) -> str | None:
+    """``none``, ``untie``, ``fold-norm`` or ``permute:SEED`` as :mod:`irm.hosts.interventions`
+    spells them; None for a value that is none of these."""
+    from irm.hosts.interventions import parse_host_edit
+
+    try:
+        return parse_host_edit(value).name or "none"
+    except IRMError:
+        return None
+
+
 """The settings ``--resume`` may change: they do not change what the study measures."""
 
 

@@ -17,7 +17,15 @@ its stages wrote (nothing is measured here).
   top k indices, against k random ones;
 - ``gradient``: Spearman correlation between the host's |loss gradient| per index at the
   injection points and the IRM's profile, and the overlap of their top k against chance;
-- ``tokens_per_second``: real (non-padding) training tokens per second, over runs.
+- ``tokens_per_second``: real (non-padding) training tokens per second, over runs;
+- ``basis_test``: the study's basis-test settings that are set (optimizer, rotations, host
+  edit; ``{}`` for the paper's battery);
+- ``irm_basis``: with an output rotation, the striation, top index and consistency of the
+  IRMs' output in their own basis (before ``R_l``), as above (None without rotation);
+- ``logit_lens``: the tokens the top index promotes through the final norm and LM head,
+  those each alignment's last injected layer's mean output promotes, and the share of the
+  full logit change that injecting only the last k layers reproduces (per layer set, over
+  runs).
 """
 
 from __future__ import annotations
@@ -71,8 +79,8 @@ def analysis_runs(summary: Any, runs: Sequence[SweepRun]) -> dict[str, dict[str,
     return {runs[0].name: dict(summary)} if runs else {}
 
 
-def _profile(study: StudyDir, name: str, single: bool) -> np.ndarray | None:
-    path = (study.analysis if single else study.analysis / name) / "mean_abs_map.npy"
+def _profile(study: StudyDir, name: str, single: bool, file: str = "mean_abs_map.npy") -> np.ndarray | None:
+    path = (study.analysis if single else study.analysis / name) / file
     return index_profile(np.load(path)) if path.is_file() else None
 
 
@@ -124,12 +132,18 @@ def build_findings(config: StudyConfig, study: StudyDir, runs: Sequence[SweepRun
 
     rows: list[dict[str, Any]] = []
     profiles: dict[str, np.ndarray] = {}
+    own_profiles: dict[str, np.ndarray] = {}
     for run in runs:
         summary = RunDir(run.run_dir).read_summary()
         found = per_run.get(run.name, {})
         profile = _profile(study, run.name, single)
         if profile is not None:
             profiles[run.name] = profile
+        own_profile = _profile(study, run.name, single, "mean_abs_map_irm_basis.npy")
+        if own_profile is not None:
+            own_profiles[run.name] = own_profile
+        own = found.get("irm_basis") or {}
+        own_top = (own.get("top_k") or {}) if own.get("rotated") else {}
         top = found.get("top_k") or {"indices": [], "shares": []}
         residual_match = (found.get("coincidence_with_host") or {}).get("residual_max_abs") or {}
         grad = gradients.get(run.name, {}).get("host_gradients") or {}
@@ -161,6 +175,10 @@ def build_findings(config: StudyConfig, study: StudyDir, runs: Sequence[SweepRun
                 "gradient_top_k_overlap": (grad.get("coincidence_with_irm") or {}).get("overlap"),
                 "gradient_adjacent_layer_cosine": grad.get("mean_cosine_adjacent_layers"),
                 "gradient_top_indices": grad.get("top_indices", [])[:k],
+                "irm_basis_striation": (own.get("striation") or {}).get("score") if own.get("rotated") else None,
+                "irm_basis_top_indices": own_top.get("indices", []),
+                "irm_basis_top_shares": own_top.get("shares", []),
+                "logit_lens": found.get("logit_lens"),
             }
         )
     hidden = int(host.get("hidden_size") or (next(iter(profiles.values())).size if profiles else 1))
@@ -188,7 +206,10 @@ def build_findings(config: StudyConfig, study: StudyDir, runs: Sequence[SweepRun
         },
         "tokens_per_second": spread([r["tokens_per_second"] for r in rows]),
         "test_loss": spread([r["test_loss"] for r in rows]),
+        "basis_test": config.basis_test(),
+        "irm_basis": _irm_basis(rows, own_profiles, by_name, config.layers, k, hidden),
     }
+    row["logit_lens"] = _lens(rows, row["top_index"], config.layers)
     return {
         "format": FINDINGS_FORMAT,
         "host": host,
@@ -233,6 +254,55 @@ def _top_index(rows: Sequence[Mapping[str, Any]], profiles: Mapping[str, np.ndar
         "median_rank": median(ranks) if ranks else None,
         "k": k,
     }
+
+
+def _irm_basis(
+    rows: Sequence[Mapping[str, Any]],
+    profiles: Mapping[str, np.ndarray],
+    by_name: Mapping[str, SweepRun],
+    layer_sets: Sequence[str],
+    k: int,
+    hidden: int,
+) -> dict[str, Any] | None:
+    """Striation, top index and consistency of the rotated runs' output in the IRMs' own basis."""
+    own = [
+        {**r, "striation": r["irm_basis_striation"], "top_indices": r["irm_basis_top_indices"]}
+        for r in rows
+        if r["irm_basis_striation"] is not None
+    ]
+    if not own:
+        return None
+    return {
+        "runs": len(own),
+        "striation": _striation(own, layer_sets),
+        "top_index": _top_index(own, profiles, k, hidden),
+        "consistency": _consistency(own, by_name, k, hidden),
+    }
+
+
+def _lens(rows: Sequence[Mapping[str, Any]], top: Mapping[str, Any] | None, layer_sets: Sequence[str]) -> dict[str, Any] | None:
+    """The logit lens's headline: what the top index and the last layer's mean output
+    promote, and the direct effect of the last k layers."""
+    lensed = [r for r in rows if r.get("logit_lens")]
+    if not lensed:
+        return None
+    index_tokens = None
+    if top is not None:
+        for r in lensed:
+            tokens = r["logit_lens"].get("top_indices", {}).get(str(top["index"]))
+            if tokens is not None:
+                index_tokens = {"index": top["index"], "promoted": tokens, "run": r["name"]}
+                break
+    last_mean: dict[str, list[str]] = {}
+    for r in lensed:
+        last_mean.setdefault(r["alignment"], r["logit_lens"].get("last_layer_mean", []))
+    direct: dict[str, dict[str, Any]] = {}
+    for layers in layer_sets:
+        shares = [r["logit_lens"].get("direct_effect_share") or {} for r in lensed if r["layers"] == layers]
+        depths = sorted({int(d) for s in shares for d in s})
+        if depths:
+            direct[layers] = {str(d): spread([s.get(str(d)) for s in shares]) for d in depths}
+    return {"top_index": index_tokens, "last_layer_mean_promotes": last_mean, "direct_effect_share": direct}
 
 
 def _recurrence(rows: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from irm.core.io import atomic_write, check_output_dir, remove_stale_temporaries, remove_tree
 from irm.errors import IRMError, writing
-from irm.study.config import STUDY_FORMAT, WHERE_TO_RUN, StudyConfig, StudyDir, option
+from irm.study.config import BASIS_TEST_DEFAULTS, STUDY_FORMAT, WHERE_TO_RUN, StudyConfig, StudyDir, option
 from irm.study.findings import build_findings
 from irm.study.stages import STAGE_FUNCTIONS
 from irm.training.rundir import RunDir
@@ -127,8 +127,8 @@ def _remove_leftovers(study: StudyDir, config: StudyConfig) -> None:
 
 def _check_same_settings(study: StudyDir, config: StudyConfig) -> None:
     """``--resume`` continues the study with the settings it was started with."""
-    saved = study.read_config().experiment()
-    given = config.experiment()
+    saved = {**BASIS_TEST_DEFAULTS, **study.read_config().experiment()}  # a setting left out is at its default
+    given = {**BASIS_TEST_DEFAULTS, **config.experiment()}
     changed = [key for key in saved if saved[key] != given.get(key)]
     if changed:
         shown = "; ".join(f"{option(k)} was {_text(saved[k])}, now {_text(given.get(k))}" for k in changed)
@@ -169,7 +169,7 @@ class Study:
         if self._host is None:
             from irm.hosts.loading import load_host
 
-            self._host = load_host(self.config.host, device=self.config.device)
+            self._host = load_host(self.config.host, device=self.config.device, edit=self.config.host_edit)
         return self._host
 
     def release_host(self) -> None:

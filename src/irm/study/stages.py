@@ -5,8 +5,9 @@ skips what is already done, and returns its headline numbers and a line of text 
                ``irm sweep``: a finished run is skipped, an interrupted one resumes from
                its last checkpoint);
 ``record``     each run's IRM output on the held-out prompts (``RUN/record``);
-``analysis``   ``irm analyze`` of all runs: striation, dominant indices, consistency, the
-               host's outlier dimensions;
+``analysis``   ``irm analyze --logit-lens`` of all runs: striation, dominant indices,
+               consistency (also in the IRMs' own basis when they write through a
+               rotation), the host's outlier dimensions, the logit lens;
 ``gradients``  ``irm analyze --gradients train``: the host's loss gradient at the IRM's
                injection points against each IRM;
 ``ablation``   each alignment's first run (first seed, first layer set): its top-k indices
@@ -73,8 +74,9 @@ def record(study: Study) -> Headline:
 def analysis(study: Study) -> Headline:
     from irm.analysis.pipeline import analyze
 
-    update = study.task("analyse stripes, indices, host outliers", 1)
-    summary = analyze([r.run_dir for r in study.runs], study.folder.analysis, study.analyze_options(), hosts=[study.host()])
+    update = study.task("analyse stripes, indices, host outliers, logit lens", 1)
+    options = study.analyze_options(logit_lens=True)
+    summary = analyze([r.run_dir for r in study.runs], study.folder.analysis, options, hosts=[study.host()])
     update(completed=1)
     per_run = analysis_runs(summary, study.runs)
     parts = []
@@ -84,6 +86,11 @@ def analysis(study: Study) -> Headline:
         if found:
             striation[layers] = {"mean": sum(s["score"] for s in found) / len(found), "noise_level": found[0]["noise_level"]}
             parts.append(f"striation {layers}: {striation[layers]['mean']:.3f} (noise {found[0]['noise_level']:.3f})")
+        own = [per_run[r.name]["irm_basis"] for r in study.runs if r.settings["layers"] == layers and r.name in per_run]
+        own_scores = [o["striation"]["score"] for o in own if o.get("rotated")]
+        if own_scores:
+            striation[layers]["irm_basis_mean"] = sum(own_scores) / len(own_scores)
+            parts.append(f"in the IRMs' own basis {striation[layers]['irm_basis_mean']:.3f}")
     firsts = [per_run[r.name]["top_k"]["indices"][0] for r in study.runs if r.name in per_run]
     top = max(set(firsts), key=lambda i: (firsts.count(i), -i))
     parts.append(f"index {top} ranked first in {firsts.count(top)} of {len(firsts)} runs")
