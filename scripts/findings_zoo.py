@@ -2,14 +2,17 @@
 
     .venv/bin/python scripts/findings_zoo.py docs/findings/zoo                 # from the zoo's own results
     .venv/bin/python scripts/findings_zoo.py docs/findings/zoo runs/study      # + each zoo host's irm study
+    .venv/bin/python scripts/findings_zoo.py docs/findings/zoo docs/findings/zoo/study   # the same, from the copies
 
 Columns from the zoo build (docs/findings/zoo/HOST/zoo_model.json): what the model changes,
 its validation perplexity with a 95% bootstrap interval over validation windows, and the
 host's largest residual-stream dims by peak |activation| on 16 neutral prompts (the
 `irm analyze --host-outliers` measure) with their ratio to the median dim. Columns from
-`irm study HOST` (STUDY/HOST/findings.json, when present): striation per layer set against
-its noise level, and the top index with its mean share of the IRM output (against an even
-spread) and how often it comes first.
+`irm study HOST` (STUDY/HOST/findings.json or its copy STUDY/HOST.json, when present):
+striation per layer set against its noise level; the top index with its mean share of the
+IRM output (against an even spread), how often it comes first and its median rank among the
+host's dims by peak |activation|; and recurrence: the indices in the most runs' top k, with
+in how many runs and alignments.
 """
 
 from __future__ import annotations
@@ -29,20 +32,36 @@ def models(folder: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: ORDER.index(r["variant"]) if r["variant"] in ORDER else len(ORDER))
 
 
+def read_study(root: Path | None, host: str) -> dict[str, Any] | None:
+    """A zoo host's findings.json: ROOT/HOST/findings.json (a study folder) or ROOT/HOST.json (a copy)."""
+    if root is None:
+        return None
+    for path in (root / host / "findings.json", root / f"{host}.json"):
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+    return None
+
+
 def study_cells(study: dict[str, Any] | None) -> list[str]:
     if study is None:
-        return ["(irm study pending)", "(irm study pending)"]
+        return ["(irm study pending)"] * 3
     row = study["row"]
     striation = (
         "; ".join(f"{layers}: {s['mean']:.3f} (noise {s['noise_level']:.3f})" for layers, s in row.get("striation", {}).items()) or "-"
     )
     top = row.get("top_index")
+    rank = (row.get("host_outliers") or {}).get("irm_top1_rank_in_host") or {}
     top_cell = (
-        f"{top['index']}: {top['mean_share']:.1%} (even {top['even_share']:.1%}); first in {top['first_in_runs']}/{top['runs']}"
+        f"{top['index']}: {top['mean_share']:.1%} (even {top['even_share']:.1%}); first in {top['first_in_runs']}/{top['runs']}; "
+        f"median rank of each run's top index among host dims {rank.get('median', float('nan')):.0f}/{row['hidden_size']}"
         if top
         else "-"
     )
-    return [striation, top_cell]
+    k = row["consistency"]["k"]
+    recurrence = "; ".join(f"{r['index']}: {r['runs']}/{row['runs']} ({len(r['alignments'])} al.)" for r in study.get("recurrence", [])[:3])
+    jaccard = row["consistency"]["top_k_jaccard"]
+    agree = f"top-{k} Jaccard other seed {jaccard['same_alignment_other_seed']['mean']:.2f}, other alignment {jaccard['other_alignment_same_seed']['mean']:.2f} (chance {row['consistency']['chance_jaccard']:.2f})"
+    return [striation, top_cell, f"{recurrence}; {agree}"]
 
 
 def table(zoo: Path, study_root: Path | None) -> list[str]:
@@ -54,6 +73,7 @@ def table(zoo: Path, study_root: Path | None) -> list[str]:
         "top residual dims: peak / median",
         "striation (noise level)",
         "top index: share; runs first",
+        "recurrence: index: runs in top k (alignments); agreement",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in models(zoo):
@@ -63,8 +83,7 @@ def table(zoo: Path, study_root: Path | None) -> list[str]:
             f"{'**' if r >= MASSIVE_RATIO else ''}{d} ({r:.1f}x){'**' if r >= MASSIVE_RATIO else ''}"
             for d, r in zip(massive["top_k"][:3], massive["ratio_to_median"][:3])
         )
-        findings = study_root / m["name"] / "findings.json" if study_root else None
-        study = json.loads(findings.read_text()) if findings is not None and findings.is_file() else None
+        study = read_study(study_root, m["name"])
         cells = [
             m["change"],
             f"`{m['name']}`",

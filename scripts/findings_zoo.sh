@@ -42,6 +42,10 @@ $PY scripts/findings_zoo.py $OUT --plot $OUT/curves.png > $OUT/table.md
 for h in $HOSTS; do
   [ -f runs/study/$h/findings.json ] || $IRM study $h --out runs/study/$h --alignments anger,sadness,joy --seeds 2 --layers all,0-1
 done
-# Then fill the striation, top-index share and recurrence columns of the zoo table from
-# runs/study/*/findings.json (scripts/findings_zoo.py prints them when those files exist).
-$PY scripts/findings_zoo.py $OUT runs/study > $OUT/table.md
+# Then keep each study's findings.json and fill the striation, top-index share and recurrence
+# columns of the zoo table from them.
+mkdir -p $OUT/study
+for h in $HOSTS; do
+  [ -f runs/study/$h/findings.json ] && cp runs/study/$h/findings.json $OUT/study/$h.json
+done
+$PY scripts/findings_zoo.py $OUT $OUT/study > $OUT/table.md
