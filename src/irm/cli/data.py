@@ -86,7 +86,13 @@ def synthesize_cmd(
             help="Neutral question/answer pairs: a file, builtin:chatterbot, builtin:wordnet (Debian wordnet-base) or builtin:python-stdlib."
         ),
     ] = "builtin:chatterbot",
-    method: Annotated[str, typer.Option(help="rewrite (an instruct model rewrites) or framing (phrase banks).")] = "rewrite",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="rewrite (an instruct model rewrites), framing (phrase-bank tone around the answer) or "
+            "interleave (phrase-bank tone woven between the answer's sentences; every word of it kept)."
+        ),
+    ] = "rewrite",
     generator: Annotated[str, typer.Option(help="Host that rewrites (any local chat model).")] = DEFAULT_HOST,
     candidates: Annotated[int, typer.Option(min=1, help="Candidates per pair; the best accepted one is kept.")] = 4,
     margin: Annotated[float, typer.Option(help="Minimum p(target) - p(runner-up) to keep a candidate.")] = 0.2,

@@ -9,7 +9,12 @@ Two ways to produce candidates, both recorded per row in the ``origin`` column:
     answer in the target tone, sampling K candidates;
 ``framing``
     the neutral answer is wrapped in tone framing drawn from large phrase banks
-    (``irm/data/phrasebanks/*.yaml``): opener, closer or both.
+    (``irm/data/phrasebanks/*.yaml``): opener, closer or both;
+``interleave``
+    tone sentences from the same phrase banks are woven between the answer's own sentences
+    (before, between and after them), so the tone runs through the answer and every fact
+    stays. Given the host's own answers, this teaches an IRM to add tone and keep what the
+    host would have said.
 
 Progress is appended to ``OUT.partial.jsonl`` after every batch, so an interrupted run
 resumes where it stopped; the final file and ``OUT.provenance.json`` are written at the end.
@@ -123,6 +128,9 @@ REWRITE_PROMPTS: dict[str, str] = {
 docs/findings.md (section 6); ``fewshot``'s examples are angry ones (anger only)."""
 
 
+METHODS = ("rewrite", "framing", "interleave")
+
+
 @dataclass
 class SynthesisConfig:
     emotion: str
@@ -143,8 +151,8 @@ class SynthesisConfig:
     def __post_init__(self) -> None:
         if self.emotion not in LABELS:
             raise IRMError(f"unknown emotion {self.emotion!r}", hint=f"use one of {', '.join(LABELS)}")
-        if self.method not in ("rewrite", "framing"):
-            raise IRMError(f"unknown method {self.method!r}", hint="use rewrite or framing")
+        if self.method not in METHODS:
+            raise IRMError(f"unknown method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
         if self.candidates < 1:
             raise IRMError("--candidates must be >= 1")
 
@@ -168,22 +176,53 @@ def frame(answer: str, bank: dict[str, list[str]], rng: random.Random) -> str:
     return f"{opener} {answer} {closer}"
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` split after each ., ! or ? that a capital, digit or quote follows."""
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text.strip())) if s]
+
+
+def interleave(answer: str, bank: dict[str, list[str]], rng: random.Random) -> str:
+    """The answer's sentences in order, with tone sentences from ``bank`` woven in: an opener
+    (70% of the time), one after each inner sentence (50% each) and a closer, at least two in
+    all. The answer's own words are all kept."""
+    parts = sentences(answer)
+    if parts and parts[-1][-1] not in ".!?":
+        parts[-1] += "."
+    tone = bank["openers"] + bank["closers"]
+    before = rng.random() < 0.7
+    between = [rng.random() < 0.5 for _ in parts[:-1]]
+    after = rng.random() < 0.7
+    if before + sum(between) + after < 2:  # too little tone to read: open and close
+        before = after = True
+    out = [rng.choice(bank["openers"])] if before else []
+    for part, add in zip(parts, between + [False]):
+        out.append(part)
+        if add:
+            out.append(rng.choice(tone))
+    if after:
+        out.append(rng.choice(bank["closers"]))
+    return " ".join(out)
+
+
 class CandidateMaker:
     """Produces K candidates for a batch of rows, by either method."""
 
     def __init__(self, config: SynthesisConfig) -> None:
         self.config = config
-        self.bank = phrase_bank(config.emotion) if config.method == "framing" else None
+        self.bank = phrase_bank(config.emotion) if config.method in ("framing", "interleave") else None
         self.host: Any = None
         self.tokens_generated = 0
         """Tokens the generator has written so far (EOS and padding left out)."""
 
     def __call__(self, rows: Sequence[Row], batch_seed: int) -> list[list[str]]:
         k = self.config.candidates
-        if self.config.method == "framing":
-            assert self.bank is not None
+        if self.bank is not None:
+            weave = frame if self.config.method == "framing" else interleave
             rng = random.Random(batch_seed)
-            return [[frame(r.answer or "", self.bank, rng) for _ in range(k)] for r in rows]
+            return [[weave(r.answer or "", self.bank, rng) for _ in range(k)] for r in rows]
         from irm.hosts.generation import generate
         from irm.hosts.loading import load_host
 
@@ -337,7 +376,7 @@ def synthesize(
         source_rows = source_rows[: config.limit]
     scorer = scorer or EmotionScorer()
     maker = CandidateMaker(config)
-    origin = origin or (f"rewrite:{config.generator}" if config.method == "rewrite" else "framing")
+    origin = origin or (f"rewrite:{config.generator}" if config.method == "rewrite" else config.method)
     partial = partial_path(out)
     remove_stale_files(out)
     _check_resume(out, _settings(config, len(source_rows), origin))
