@@ -184,19 +184,25 @@ def sentences(text: str) -> list[str]:
     return [s for s in (p.strip() for p in _SENTENCE_END.split(text.strip())) if s]
 
 
-def interleave(answer: str, bank: dict[str, list[str]], rng: random.Random) -> str:
+def interleave(answer: str, bank: dict[str, list[str]], rng: random.Random, *, opener: float = 0.3) -> str:
     """The answer's sentences in order, with tone sentences from ``bank`` woven in: an opener
-    (70% of the time), one after each inner sentence (50% each) and a closer, at least two in
-    all. The answer's own words are all kept."""
+    (``opener`` of the time), one after each inner sentence (60% each) and a closer (70%),
+    at least two in all. The answer's own words are all kept, and most answers start as the
+    answer itself does, so that what is learnt is tone added to the answer, not a preamble
+    in place of it."""
     parts = sentences(answer)
     if parts and parts[-1][-1] not in ".!?":
         parts[-1] += "."
     tone = bank["openers"] + bank["closers"]
-    before = rng.random() < 0.7
-    between = [rng.random() < 0.5 for _ in parts[:-1]]
+    before = rng.random() < opener
+    between = [rng.random() < 0.6 for _ in parts[:-1]]
     after = rng.random() < 0.7
-    if before + sum(between) + after < 2:  # too little tone to read: open and close
-        before = after = True
+    if before + sum(between) + after < 2:  # too little tone to read
+        after = True
+        if len(parts) > 1:
+            between[rng.randrange(len(between))] = True
+        else:
+            before = True
     out = [rng.choice(bank["openers"])] if before else []
     for part, add in zip(parts, between + [False]):
         out.append(part)
