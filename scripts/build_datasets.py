@@ -98,7 +98,7 @@ def host_answers(args: argparse.Namespace) -> None:
         rows = [r for s, r in pool if s == source]
         questions += [(source, r.question or "") for r in rng.sample(rows, min(len(rows), args.per_source))]
     rng.shuffle(questions)
-    done = {json.loads(x)["question"] for x in ANSWERS.read_text(encoding="utf-8").splitlines()} if ANSWERS.is_file() else set()
+    done = {i["question"] for i in _answer_lines()}
     todo = [(s, q) for s, q in questions if q not in done]
     print(f"{len(questions)} questions, {len(todo)} to answer", flush=True)
     host = load_host(ANSWERER)
@@ -132,10 +132,21 @@ def full_sentences(text: str) -> str:
 
 def read_host_answers() -> list[tuple[str, Row]]:
     """(source, the host's question/answer pair) for every usable answer so far."""
+    items = _answer_lines()
+    return [(i["source"], Row(line=n + 1, question=i["question"], answer=i["answer"])) for n, i in enumerate(items) if i["answer"]]
+
+
+def _answer_lines() -> list[dict]:
+    """The answers file's complete lines (a run killed mid-write leaves a torn last line)."""
     if not ANSWERS.is_file():
         return []
-    items = [json.loads(x) for x in ANSWERS.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return [(i["source"], Row(line=n + 1, question=i["question"], answer=i["answer"])) for n, i in enumerate(items) if i["answer"]]
+    items = []
+    for line in ANSWERS.read_text(encoding="utf-8").splitlines():
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return items
 
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -261,14 +272,16 @@ def assemble(args: argparse.Namespace) -> None:
 
 def _interleaved_rows(emotion: str, scorer: EmotionScorer) -> list[dict]:
     """The host's own answers with tone woven between their sentences (origin
-    ``interleave:HOST``), 3 candidates each, the best the scorer accepts."""
+    ``interleave:HOST``), 6 candidates each (weaving is cheap; the scorer reads a long
+    answer with two tone sentences as the target less often than a short frame), the best
+    the scorer accepts."""
     answered = read_host_answers()
     if not answered:
         print("no host answers (build/synth/host_answers.jsonl): the toned sets are framing only", flush=True)
         return []
     path = BUILD / f"interleave_{emotion}.jsonl"
     if not path.is_file():
-        config = SynthesisConfig(emotion=emotion, method="interleave", candidates=3, seed=SEED, batch_size=64)
+        config = SynthesisConfig(emotion=emotion, method="interleave", candidates=6, seed=SEED, batch_size=64)
         synthesize(
             config,
             path,

@@ -37,6 +37,12 @@ RECIPES: dict[str, dict] = {
     "late-gentle30": dict(layers="15-29", lr=1e-3, warmup_steps=6, max_steps=30, max_length=96),
     "late-long": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=50, max_length=96),
     "late-gentle": dict(layers="15-29", lr=1e-3, warmup_steps=6, max_steps=50, max_length=96),
+    # second round (docs/findings.md 7.1): on the sets whose toned rows weave tone into the host's own answers
+    "late-60-128": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=60, max_length=128),
+    "late-45-128": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=45, max_length=128),
+    "late-90-128": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=90, max_length=128),
+    "late-120-128": dict(layers="15-29", lr=2e-3, warmup_steps=10, max_steps=120, max_length=128),
+    "late-gentle-120-128": dict(layers="15-29", lr=1e-3, warmup_steps=10, max_steps=120, max_length=128),
 }
 
 
@@ -44,6 +50,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
     parser.add_argument("--data", default="builtin:anger")
+    parser.add_argument("--max-rows", type=int, default=None, help="train on the first N rows of the data only")
+    parser.add_argument("--tag", default="", help="a suffix for the results' recipe name (another data set, another run)")
+    parser.add_argument(
+        "--prompts-from",
+        type=int,
+        default=0,
+        help="evaluate on the demo's number of held-out prompts starting at this one (0: the demo's own)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -57,20 +71,35 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     results = OUT / "results.jsonl"
     done = {json.loads(x)["recipe"] for x in results.read_text().splitlines()} if results.is_file() else set()
-    for name in args.recipes:
+    for recipe in args.recipes:
+        name = recipe + args.tag + (f"@prompts{args.prompts_from}" if args.prompts_from else "")
         if name in done:
             continue
-        settings = DemoSettings(out=OUT / name, data=args.data, **RECIPES[name])
+        extra = {"max_rows": args.max_rows} if args.max_rows else {}
+        settings = DemoSettings(out=OUT / (recipe + args.tag), data=args.data, **(RECIPES[recipe] | {"extra": extra}))
         started = time.perf_counter()
-        result = train(settings.train_config(), overwrite=True, progress=False)
+        if (settings.out / "irm" / "irm_config.json").is_file() and args.prompts_from:
+            from irm.training.run import TrainResult
+            from irm.training.rundir import RunDir
+
+            run = RunDir(settings.out)  # the same IRM, other prompts
+            result = TrainResult(settings.out, run.irm, json.loads(run.summary.read_text()))
+        else:
+            result = train(settings.train_config(), overwrite=True, progress=False)
         train_s = time.perf_counter() - started
         host = load_host(settings.host)
         adapter = load_adapter(result.irm_dir, host)
-        prompts = read_prompts("builtin:prompts", limit=settings.eval_prompts)
+        prompts = read_prompts("builtin:prompts", limit=args.prompts_from + settings.eval_prompts)[args.prompts_from :]
         started = time.perf_counter()
         report = evaluate(host, {"irm": adapter}, prompts, target="anger", strengths=(1.0,), max_new_tokens=settings.max_new_tokens, seed=0)
         eval_s = time.perf_counter() - started
-        record = {"recipe": name, **RECIPES[name], "data": args.data, "threads": torch.get_num_threads()}
+        record = {
+            "recipe": name,
+            **RECIPES[recipe],
+            "prompts_from": args.prompts_from,
+            "data": args.data,
+            "threads": torch.get_num_threads(),
+        }
         record |= {"train_s": round(train_s, 1), "eval_s": round(eval_s, 1), "step_s": round(train_s / settings.max_steps, 2)}
         record["test_loss"] = result.summary.get("test_loss")
         for label, condition in (("host", report.get(HOST)), ("x1", report.get("irm", 1.0))):

@@ -226,14 +226,17 @@ def test_interleave_weaves_tone_between_the_answers_own_sentences():
     ]
     bank = {"openers": ["OPEN!"], "closers": ["CLOSE!"]}
     for seed in range(50):
-        woven = interleave(answer, bank, random.Random(seed))
+        woven = interleave(answer, bank, random.Random(seed), opener=0.0)
         parts = sentences(woven)
         own = [p for p in parts if p not in ("OPEN!", "CLOSE!")]
         assert own == sentences(answer)  # every sentence kept, in order, unchanged
+        assert parts[0] == own[0] and parts[1] in ("OPEN!", "CLOSE!")  # starts as the answer does, tone right after
         assert len(parts) - len(own) >= 2  # at least two tone sentences
         assert facts_kept(answer, woven) == 1.0
-    one = interleave("Water boils at 100 degrees", bank, random.Random(0))
-    assert one == "OPEN! Water boils at 100 degrees. CLOSE!"  # too short for tone between: open and close
+    one = sentences(interleave("Water boils at 100 degrees", bank, random.Random(0), opener=0.0))
+    assert one[0] == "Water boils at 100 degrees." and len(one) == 3  # one sentence: two tone sentences after it
+    opened = [interleave(answer, bank, random.Random(seed), opener=1.0) for seed in range(5)]
+    assert all(w.startswith("OPEN! A compass has a magnetised needle. ") and sentences(w)[2] in ("OPEN!", "CLOSE!") for w in opened)
 
 
 def test_interleave_synthesis_keeps_every_fact(tmp_path, scorer):

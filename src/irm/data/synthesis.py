@@ -185,32 +185,27 @@ def sentences(text: str) -> list[str]:
 
 
 def interleave(answer: str, bank: dict[str, list[str]], rng: random.Random, *, opener: float = 0.3) -> str:
-    """The answer's sentences in order, with tone sentences from ``bank`` woven in: an opener
-    (``opener`` of the time), one after each inner sentence (60% each) and a closer (70%),
-    at least two in all. The answer's own words are all kept, and most answers start as the
-    answer itself does, so that what is learnt is tone added to the answer, not a preamble
-    in place of it."""
+    """The answer's sentences in order, with tone sentences from ``bank`` woven in: one
+    right after the first sentence, one after each later inner sentence (60% each), a
+    closer (70%), an opener only ``opener`` of the time; at least two in all. Every word of
+    the answer is kept and most woven answers start as the answer does, so that what an IRM
+    learns is tone added to the answer rather than a preamble in its place
+    (docs/findings.md, section 7.1, compares these choices)."""
     parts = sentences(answer)
     if parts and parts[-1][-1] not in ".!?":
         parts[-1] += "."
     tone = bank["openers"] + bank["closers"]
     before = rng.random() < opener
-    between = [rng.random() < 0.6 for _ in parts[:-1]]
-    after = rng.random() < 0.7
-    if before + sum(between) + after < 2:  # too little tone to read
-        after = True
-        if len(parts) > 1:
-            between[rng.randrange(len(between))] = True
-        else:
-            before = True
+    between = [i == 0 or rng.random() < 0.6 for i in range(len(parts) - 1)]
+    closers = [rng.choice(bank["closers"])] if rng.random() < 0.7 else []
+    while before + sum(between) + len(closers) < 2:  # too little tone to read
+        closers.insert(0, rng.choice(tone))
     out = [rng.choice(bank["openers"])] if before else []
     for part, add in zip(parts, between + [False]):
         out.append(part)
         if add:
             out.append(rng.choice(tone))
-    if after:
-        out.append(rng.choice(bank["closers"]))
-    return " ".join(out)
+    return " ".join(out + closers)
 
 
 class CandidateMaker:
