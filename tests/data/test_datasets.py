@@ -82,6 +82,17 @@ def test_shipped_set_quality_recomputed_on_a_sample(emotion, scorer):
     assert near_duplicate_rate(frame.answer.tolist()) <= 0.01
 
 
+def test_the_demo_trains_on_the_rows_woven_from_the_hosts_own_answers():
+    from irm.report.demo import DemoSettings
+
+    settings = DemoSettings()
+    frame = pd.read_csv(builtin_dir() / "anger.csv")
+    assert settings.data == "builtin:anger" and settings.max_rows is not None
+    woven = frame.origin.str.startswith(f"interleave:{settings.host}")
+    assert woven.iloc[: settings.max_rows].all()  # every demo row is woven ...
+    assert woven.sum() == settings.max_rows  # ... and every woven row is a demo row
+
+
 def test_prompts_are_held_out_from_every_training_set():
     frame = pd.read_csv(builtin_dir() / "prompts.csv")
     prompts = {" ".join(q.lower().split()) for q in frame.question}

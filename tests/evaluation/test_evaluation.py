@@ -338,7 +338,7 @@ def test_cli_steer_fit_and_evaluate_compare_in_one_table(tiny_llama, tmp_path):
 # ---------------------------------------------------------------- real SmolLM2
 # A CI-sized version of the demo recipe (irm.report.demo.DemoSettings: its data, layers,
 # learning rate and warm-up), with fewer steps, prompts and tokens.
-CI_DEMO = dict(max_steps=20, eval_prompts=16, max_new_tokens=32, strengths=(1.0,), analysis=False)
+CI_DEMO = dict(max_steps=40, warmup_steps=6, eval_prompts=16, max_new_tokens=32, strengths=(1.0,), analysis=False)
 
 
 @pytest.fixture
@@ -353,10 +353,11 @@ def one_thread():
 
 @pytest.mark.slow
 def test_ci_sized_demo_recipe_raises_anger_and_keeps_the_content(tmp_path, one_thread):
-    """The demo's own stages (train, evaluate, side by side) on the real SmolLM2: p(anger) at
-    x1 above the host's interval, the paired gain's interval above zero; and the bar the demo
-    recipe does not reach yet (docs/findings.md, section 5): the median steered answer keeps
-    >= 30% of the host answer's content words (measured: 0.16), an expected failure until it does."""
+    """The demo's own stages (train, evaluate, side by side) on the real SmolLM2, a third of
+    its steps: p(anger) at x1 above the host's interval, the paired gain's interval above
+    zero, and the median steered answer keeping >= 30% of the host answer's content words
+    (the full recipe: 0.30 and 0.33 on two sets of 24 prompts, docs/findings.md 7.1; an
+    expected failure where this shorter run falls short)."""
     import io
 
     from rich.console import Console
@@ -375,7 +376,7 @@ def test_ci_sized_demo_recipe_raises_anger_and_keeps_the_content(tmp_path, one_t
     assert on["target"].lo > off["target"].hi  # the intervals do not even overlap
     assert on["target_gain"].lo > 0  # and the paired gain's interval excludes zero
     _, counts = side_by_side(report, settings.out)
-    assert sum(counts.values()) == settings.eval_prompts and counts.get("tone changed, content lost", 0) >= 1
+    assert sum(counts.values()) == settings.eval_prompts
     if on["content_kept_median"].mean < 0.3:
         pytest.xfail(f"content kept (median) {on['content_kept_median'].mean:.2f} < 0.3: the demo recipe still drops the answer")
 

@@ -4,9 +4,10 @@ and analyse its outputs, write the report.
 
 The recipe (:class:`DemoSettings`) aims at three bars at strength x1 on the held-out prompts,
 each with its 95% interval: p(anger) >= 0.4, content kept (median) >= 0.3 and distinct-2 >=
-0.6. Measured (docs/findings.md, section 5): p(anger) 0.60 and distinct-2 0.71 meet theirs;
-content kept does not (median 0): the IRM still drops the answer, and the side-by-side table
-says so prompt by prompt.
+0.6. It trains on the rows of ``builtin:anger`` woven from the host's own answers, 120 steps
+in the upper half of the layers. Measured (docs/findings.md, section 7.1): p(anger) 0.51,
+content kept (median) 0.30 and distinct-2 0.66 on the demo's 24 prompts; 0.61, 0.33 and 0.70
+on the next 24, which no choice of recipe looked at.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ class DemoSettings:
     data: str = "builtin:anger"
     emotion: str = "anger"
     layers: str = "15-29"
-    max_steps: int = 30
+    max_steps: int = 120
     lr: float = 2e-3
-    warmup_steps: int = 6
+    warmup_steps: int = 10
     batch_size: int = 8
-    max_length: int = 96
+    max_length: int = 128
+    max_rows: int | None = 1409
+    """The first N rows of the data. ``builtin:anger`` lists its 1,409 rows woven from the
+    host's own answers first (data/README.md); the demo trains on those only."""
     seed: int = 1
     eval_prompts: int = 24
     """The first N of ``builtin:prompts`` (held out from every training set)."""
@@ -59,6 +63,7 @@ class DemoSettings:
             warmup_steps=self.warmup_steps,
             batch_size=self.batch_size,
             max_length=self.max_length,
+            max_rows=self.max_rows,
             seed=self.seed,
             out=str(self.out),
             val_every=max(1, self.max_steps // 2),
