@@ -50,7 +50,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", choices=sorted(RECIPES))
     parser.add_argument("--data", default="builtin:anger")
-    parser.add_argument("--max-rows", type=int, default=None, help="train on the first N rows of the data only")
+    parser.add_argument("--seed", type=int, default=None, help="the IRM's seed (default: the demo's)")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=DemoSettings.max_rows,
+        help="train on the first N rows of the data only (0: all; default: the demo's)",
+    )
     parser.add_argument("--tag", default="", help="a suffix for the results' recipe name (another data set, another run)")
     parser.add_argument(
         "--prompts-from",
@@ -75,8 +81,8 @@ def main() -> None:
         name = recipe + args.tag + (f"@prompts{args.prompts_from}" if args.prompts_from else "")
         if name in done:
             continue
-        extra = {"max_rows": args.max_rows} if args.max_rows else {}
-        settings = DemoSettings(out=OUT / (recipe + args.tag), data=args.data, **(RECIPES[recipe] | {"extra": extra}))
+        chosen = RECIPES[recipe] | {"max_rows": args.max_rows or None} | ({"seed": args.seed} if args.seed is not None else {})
+        settings = DemoSettings(out=OUT / (recipe + args.tag), data=args.data, **chosen)
         started = time.perf_counter()
         if (settings.out / "irm" / "irm_config.json").is_file() and args.prompts_from:
             from irm.training.run import TrainResult

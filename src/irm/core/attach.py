@@ -51,7 +51,9 @@ class _ForwardState:
     delta: Tensor | None = None
 
 
-def _checkpointing(model: nn.Module) -> bool:
+def activation_checkpointing_on(model: nn.Module) -> bool:
+    """Whether transformers recomputes ``model``'s layers in backward (its current name for
+    the flag, or the one before transformers 5.2x)."""
     flag = getattr(type(model), "is_activation_checkpointing", None)
     if flag is not None:
         return bool(model.is_activation_checkpointing)
@@ -209,7 +211,7 @@ class IRMHandle:
     def _end_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         # Under gradient checkpointing the backward pass re-runs layers and needs the
         # IRM output again; then it is dropped at the start of the next forward instead.
-        if not _checkpointing(self.model):
+        if not activation_checkpointing_on(self.model):
             self._state = None
             for site in self._sites:
                 site.clear()

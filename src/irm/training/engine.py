@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import torch
 
+from irm.core.attach import activation_checkpointing_on
 from irm.core.sites import resolve_architecture
 
 
 def set_activation_checkpointing(model: torch.nn.Module, active: bool = True) -> None:
-    """Recompute the host's decoder layers during backward. transformers checkpoints a layer
-    only while that layer is in training mode, so the layer modules (not their children,
-    which keep dropout off) are flagged as training."""
-    if active and not getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    """Recompute the host's decoder layers during backward, or stop. transformers checkpoints
+    a layer only while that layer is in training mode, so the layer modules (not their
+    children, which keep dropout off) are flagged as training."""
+    if active != activation_checkpointing_on(model):
+        # transformers >= 5.2x renamed gradient_* to activation_*; the old names warn
+        verb = "enable" if active else "disable"
+        new_name = getattr(model, f"activation_checkpointing_{verb}", None)
+        if new_name is not None:
+            new_name(**({"activation_checkpointing_kwargs": {"use_reentrant": False}} if active else {}))
+        else:
+            getattr(model, f"gradient_checkpointing_{verb}")(
+                **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if active else {})
+            )
     for layer in resolve_architecture(model).layers(model):
         layer.training = active
 
