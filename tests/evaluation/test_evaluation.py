@@ -378,7 +378,9 @@ def test_ci_sized_demo_recipe_raises_anger_and_keeps_the_content(tmp_path, one_t
     _, counts = side_by_side(report, settings.out)
     assert sum(counts.values()) == settings.eval_prompts
     if on["content_kept_median"].mean < 0.3:
-        pytest.xfail(f"content kept (median) {on['content_kept_median'].mean:.2f} < 0.3: the demo recipe still drops the answer")
+        pytest.xfail(
+            f"content kept (median) {on['content_kept_median'].mean:.2f} < 0.3: the content bar is not met reliably yet (docs/findings.md 7.1)"
+        )
 
 
 LEGACY_RUN = Path(__file__).parents[1] / "fixtures" / "legacy" / "run_complete"
