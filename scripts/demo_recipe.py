@@ -42,6 +42,7 @@ RECIPES: dict[str, dict] = {
     "late-45-128": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=45, max_length=128),
     "late-90-128": dict(layers="15-29", lr=2e-3, warmup_steps=6, max_steps=90, max_length=128),
     "late-120-128": dict(layers="15-29", lr=2e-3, warmup_steps=10, max_steps=120, max_length=128),
+    "late-240-128": dict(layers="15-29", lr=2e-3, warmup_steps=10, max_steps=240, max_length=128),
     "late-gentle-120-128": dict(layers="15-29", lr=1e-3, warmup_steps=10, max_steps=120, max_length=128),
 }
 

@@ -38,7 +38,7 @@ class DemoSettings:
     data: str = "builtin:anger"
     emotion: str = "anger"
     layers: str = "15-29"
-    max_steps: int = 120
+    max_steps: int = 240
     lr: float = 2e-3
     warmup_steps: int = 10
     batch_size: int = 8
