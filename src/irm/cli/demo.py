@@ -19,7 +19,7 @@ def demo(
     eval_prompts: Annotated[int, typer.Option(min=1, help="Held-out prompts to evaluate on.")] = _DEFAULTS.eval_prompts,
     analysis: Annotated[bool, typer.Option("--analysis/--no-analysis", help="Record and analyse the IRM's outputs.")] = True,
 ) -> None:
-    """The main job on the embedded SmolLM2, in about 6 minutes on a 2-core CPU: train a short
+    """The main job on the embedded SmolLM2, in about 13 minutes on a 2-core CPU: train a short
     IRM on builtin:anger, evaluate it against the host on held-out prompts (p(anger), content
     kept, perplexity, distinct-n, with 95% intervals), show the answers side by side, record and
     analyse the IRM's outputs, and write the HTML report."""

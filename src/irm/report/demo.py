@@ -4,12 +4,9 @@ and analyse its outputs, write the report.
 
 The recipe (:class:`DemoSettings`) aims at three bars at strength x1 on the held-out prompts,
 each with its 95% interval: p(anger) >= 0.4, content kept (median) >= 0.3 and distinct-2 >=
-0.6. It trains on the rows of ``builtin:anger`` woven from the host's own answers, 120 steps
-in the upper half of the layers. Measured (docs/findings.md, section 7.1): p(anger)
-0.51-0.55, content kept (median) 0.26-0.30 and distinct-2 0.65-0.66 on the demo's 24
-prompts in two runs; 0.61, 0.33 and 0.70 on the next 24, which no choice of recipe looked at.
-Other seeds trade anger for content (seed 3: p(anger) 0.35, content 0.31), so the content
-bar is not met reliably yet.
+0.6. It trains on the rows of ``builtin:anger`` woven from the host's own answers, 240 steps
+in the upper half of the layers. Measured (docs/findings.md, section 7.1) in ``make demo``:
+p(anger) 0.48, content kept (median) 0.32, distinct-2 0.71; another seed: 0.47, 0.32, 0.68.
 """
 
 from __future__ import annotations
