@@ -14,15 +14,17 @@ def set_activation_checkpointing(model: torch.nn.Module, active: bool = True) ->
     a layer only while that layer is in training mode, so the layer modules (not their
     children, which keep dropout off) are flagged as training."""
     if active != activation_checkpointing_on(model):
-        # transformers >= 5.2x renamed gradient_* to activation_*; the old names warn
-        verb = "enable" if active else "disable"
-        new_name = getattr(model, f"activation_checkpointing_{verb}", None)
-        if new_name is not None:
-            new_name(**({"activation_checkpointing_kwargs": {"use_reentrant": False}} if active else {}))
+        # transformers 5.2x renamed gradient_checkpointing_* to activation_checkpointing_*
+        # (the old names now warn); earlier 5.x releases have only the old ones.
+        renamed = hasattr(model, "activation_checkpointing_enable")
+        if active and renamed:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif active:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif renamed:
+            model.activation_checkpointing_disable()
         else:
-            getattr(model, f"gradient_checkpointing_{verb}")(
-                **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if active else {})
-            )
+            model.gradient_checkpointing_disable()
     for layer in resolve_architecture(model).layers(model):
         layer.training = active
 
