@@ -208,22 +208,29 @@ def interleave(answer: str, bank: dict[str, list[str]], rng: random.Random, *, o
     return " ".join(out + closers)
 
 
+PHRASE_BANK_METHODS: dict[str, Callable[[str, dict[str, list[str]], random.Random], str]] = {
+    "framing": frame,
+    "interleave": interleave,
+}
+"""The methods that draw tone from the phrase banks, and how each places it."""
+
+
 class CandidateMaker:
-    """Produces K candidates for a batch of rows, by either method."""
+    """Produces K candidates for a batch of rows, by any method."""
 
     def __init__(self, config: SynthesisConfig) -> None:
         self.config = config
-        self.bank = phrase_bank(config.emotion) if config.method in ("framing", "interleave") else None
+        self.place_tone = PHRASE_BANK_METHODS.get(config.method)
+        self.bank = phrase_bank(config.emotion) if self.place_tone else None
         self.host: Any = None
         self.tokens_generated = 0
         """Tokens the generator has written so far (EOS and padding left out)."""
 
     def __call__(self, rows: Sequence[Row], batch_seed: int) -> list[list[str]]:
         k = self.config.candidates
-        if self.bank is not None:
-            weave = frame if self.config.method == "framing" else interleave
+        if self.place_tone is not None and self.bank is not None:
             rng = random.Random(batch_seed)
-            return [[weave(r.answer or "", self.bank, rng) for _ in range(k)] for r in rows]
+            return [[self.place_tone(r.answer or "", self.bank, rng) for _ in range(k)] for r in rows]
         from irm.hosts.generation import generate
         from irm.hosts.loading import load_host
 
